@@ -1,0 +1,40 @@
+# The two commands a fresh machine needs: `make demo` and `make test`.
+# Each creates (or reuses) the virtual environment in .venv and installs what it needs,
+# torch==2.13.0 first so that no later requirement pulls a multi-GB CUDA build.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.megatron-meta-installed
+DEMO_DIR ?= runs/demo
+
+.PHONY: venv demo test test-fast bench bench-preprocess bench-throughput clean
+
+venv: $(STAMP)
+
+$(STAMP): setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+demo: venv
+	$(PY) -m megatron_meta.demo --output-dir $(DEMO_DIR)
+
+test: venv
+	$(PY) -m pytest -q tests
+
+test-fast: venv
+	$(PY) -m pytest -q tests -m "not distributed and not slow"
+
+bench: bench-preprocess bench-throughput
+
+bench-preprocess: venv
+	$(PY) tools/benchmark_preprocess.py
+
+bench-throughput: venv
+	$(PY) tools/benchmark_throughput.py
+
+clean:
+	rm -rf $(VENV) runs *.egg-info

@@ -1,0 +1,1 @@
+"""Corpus readers: each yields :class:`~megatron_meta.corpora.records.Document` records."""

@@ -1,0 +1,1 @@
+"""Metadata: country/continent tables and the exact training-text format."""

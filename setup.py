@@ -1,0 +1,37 @@
+"""megatron-meta: metadata-conditioned language models on megatron-core."""
+
+import pathlib
+
+from setuptools import find_packages, setup
+
+HERE = pathlib.Path(__file__).parent
+
+setup(
+    name="megatron-meta",
+    version="0.1.0",
+    description="Metadata-conditioned LLM pretraining on megatron-core (arXiv 2601.15236)",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["megatron_meta", "megatron_meta.*"]),
+    install_requires=[
+        "megatron-core==0.16.1",
+        # A range that 2.13.0 satisfies: install torch==2.13.0 first so pip never fetches a CUDA build.
+        "torch>=2.6",
+        "numpy",
+        "sentencepiece",
+        "nltk",
+        "tokenizers",
+        "psutil",  # megatron-core's checkpoint writer uses it without declaring it
+        "tqdm",
+        "pyyaml",
+        "tensorboard",
+        "matplotlib",
+    ],
+    extras_require={
+        "gpu": ["transformer-engine[pytorch]"],
+        "lora": ["peft", "transformers", "accelerate", "gguf"],
+        "dev": ["pytest", "transformers", "tiktoken"],
+    },
+    entry_points={"console_scripts": ["megatron-meta=megatron_meta.cli:main"]},
+)
