@@ -1,0 +1,1 @@
+"""Metadata-injecting preprocessing into megatron-core ``.bin/.idx`` shards."""

@@ -1,0 +1,147 @@
+"""``{output-prefix}.manifest.json``: what a preprocessing run wrote, for training and evaluation.
+
+Paths inside the manifest are relative to the manifest's folder so a data directory can be moved
+or copied to a cluster as a whole. :func:`load_manifest` resolves them to absolute paths.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Dict, List, Optional
+
+from megatron_meta.errors import DataError
+
+FORMAT_VERSION = 1
+
+
+@dataclasses.dataclass
+class TokenizerInfo:
+    """The tokenizer the shards were written with."""
+
+    type: str  # Megatron-LM --tokenizer-type name, e.g. "SentencePieceTokenizer"
+    model: str  # --tokenizer-model path (absolute in a loaded manifest)
+    vocab_size: int
+    eod_id: int
+
+
+@dataclasses.dataclass
+class ShardEntry:
+    """One ``.bin/.idx`` pair: one metadata variant of one region (or of everything)."""
+
+    prefix: str  # path without .bin/.idx
+    variant: str
+    region: Optional[str]
+    documents: int
+    tokens: int
+    metadata_tokens: str  # .npy sidecar: int32, one count per document, in shard order
+
+
+@dataclasses.dataclass
+class HoldoutEntry:
+    """A JSONL file of held-out documents (Document records, metadata included)."""
+
+    path: str
+    split: str  # "test" or "valid"
+    region: Optional[str]
+    documents: int = 0
+
+
+@dataclasses.dataclass
+class Manifest:
+    tokenizer: TokenizerInfo
+    shards: List[ShardEntry]
+    holdout: List[HoldoutEntry]
+    skipped: Dict[str, int]
+    command: List[str]
+    split_by: str = "none"
+    url_form: str = "full"
+    append_eod: bool = True
+    format_version: int = FORMAT_VERSION
+    path: Optional[str] = None  # where it was loaded from; not serialized
+
+    def variants(self) -> List[str]:
+        return sorted({s.variant for s in self.shards})
+
+    def regions(self) -> List[Optional[str]]:
+        return sorted({s.region for s in self.shards}, key=lambda r: (r is None, r or ""))
+
+    def shards_for(self, variant: str) -> List[ShardEntry]:
+        return [s for s in self.shards if s.variant == variant]
+
+    def to_json(self, base_dir: str) -> Dict[str, Any]:
+        """Serializable dict with paths made relative to ``base_dir``."""
+
+        def rel(p: str) -> str:
+            return os.path.relpath(p, base_dir) if os.path.isabs(p) else p
+
+        out = dataclasses.asdict(self)
+        out.pop("path")
+        if out["tokenizer"]["model"] and os.path.exists(out["tokenizer"]["model"]):
+            out["tokenizer"]["model"] = rel(os.path.abspath(out["tokenizer"]["model"]))
+        for s in out["shards"]:
+            s["prefix"] = rel(s["prefix"])
+            s["metadata_tokens"] = rel(s["metadata_tokens"])
+        for h in out["holdout"]:
+            h["path"] = rel(h["path"])
+        return out
+
+
+def write_manifest(manifest: Manifest, path: str) -> None:
+    """Write atomically: a temporary name, then rename, so a half-written manifest never exists."""
+    base = os.path.dirname(os.path.abspath(path))
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(manifest.to_json(base), f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def load_manifest(path: str) -> Manifest:
+    """Read and validate a manifest; paths come back absolute."""
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: manifest not found; run `megatron-meta preprocess` to create it")
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = json.load(f)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: not valid JSON ({e}); the manifest is damaged, re-run preprocess")
+    version = raw.get("format_version")
+    if version != FORMAT_VERSION:
+        raise DataError(
+            f"{path}: manifest format_version {version!r}, this megatron-meta reads {FORMAT_VERSION}"
+        )
+    base = os.path.dirname(os.path.abspath(path))
+
+    def absolute(p: str) -> str:
+        return p if os.path.isabs(p) else os.path.normpath(os.path.join(base, p))
+
+    try:
+        tok = TokenizerInfo(**raw["tokenizer"])
+        if tok.model and not os.path.isabs(tok.model):
+            tok.model = absolute(tok.model)
+        shards = [ShardEntry(**s) for s in raw["shards"]]
+        holdout = [HoldoutEntry(**h) for h in raw.get("holdout", [])]
+    except (KeyError, TypeError) as e:
+        raise DataError(f"{path}: missing or unexpected manifest field ({e}); re-run preprocess")
+    for s in shards:
+        s.prefix = absolute(s.prefix)
+        s.metadata_tokens = absolute(s.metadata_tokens)
+        for ext in (".bin", ".idx"):
+            if not os.path.isfile(s.prefix + ext):
+                raise DataError(f"{path}: shard file {s.prefix + ext} listed but missing")
+    for h in holdout:
+        h.path = absolute(h.path)
+    return Manifest(
+        tokenizer=tok,
+        shards=shards,
+        holdout=holdout,
+        skipped=dict(raw.get("skipped", {})),
+        command=list(raw.get("command", [])),
+        split_by=raw.get("split_by", "none"),
+        url_form=raw.get("url_form", "full"),
+        append_eod=raw.get("append_eod", True),
+        format_version=version,
+        path=os.path.abspath(path),
+    )
