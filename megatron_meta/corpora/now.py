@@ -1,0 +1,273 @@
+"""The NOW corpus (News on the Web) as users receive it from its distributor.
+
+On disk (FACTS section 1):
+
+- sources files ``now-sources-{year}.txt`` / ``sources-YY-MM.txt``: tab-separated
+  ``textID, #words, date, country, website, url, title``, ISO-8859-1, possibly with header lines;
+- text files ``YY-MM-cc.txt`` (the US split into ``us1``..``us5``), usually inside
+  ``*-text.zip``: one entry per article, ``@@<textID> <text>``, with the copyright masking
+  ``@ @ @ ...`` left exactly as it is.
+
+Inputs may be folders (searched recursively), zips or single files, in any mix. All sources rows are
+loaded first (metadata only: textID -> country, url, title, date); the text then streams one entry
+at a time. Text files are decoded as UTF-8 where they are, else ISO-8859-1, line by line.
+
+Countries: by default the paper's 18 (``NOW_CONTINENTS``, so ``au``/``nz`` are dropped) plus any a
+``--continent-map`` file names; ``countries`` overrides. Dropped documents are counted as
+``excluded_country`` (not an error); a country the table does not know is ``unknown_country``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import logging
+import os
+import re
+import zipfile
+from typing import IO, Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Set, Tuple
+
+from megatron_meta.corpora.bad_records import BadRecords
+from megatron_meta.corpora.records import Document
+from megatron_meta.errors import DataError
+from megatron_meta.metadata.regions import NOW_CONTINENTS, RegionTable
+
+logger = logging.getLogger(__name__)
+
+# 24-01-us1.txt -> country "us"; older names such as 10-01-gb.txt too.
+_TEXT_NAME = re.compile(r"^\d{2}-\d{2}-([a-z]{2})\d*\.txt$", re.IGNORECASE)
+_ENTRY = re.compile(r"^@@(\d+)(?:\s|$)")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Member:
+    """A file on disk (``container`` None) or a member of a zip."""
+
+    container: Optional[str]
+    name: str
+
+    @property
+    def display(self) -> str:
+        return f"{self.container}!{self.name}" if self.container else self.name
+
+    @property
+    def basename(self) -> str:
+        return os.path.basename(self.name)
+
+    @contextlib.contextmanager
+    def open(self) -> Iterator[IO[bytes]]:
+        try:
+            with contextlib.ExitStack() as stack:
+                if self.container is None:
+                    f = stack.enter_context(open(self.name, "rb"))
+                else:
+                    zf = stack.enter_context(zipfile.ZipFile(self.container))
+                    f = stack.enter_context(zf.open(self.name))
+                yield f
+        except (OSError, zipfile.BadZipFile, KeyError, EOFError) as e:
+            raise DataError(f"cannot read NOW file {self.display}: {e}") from e
+
+
+class _SourceRow(NamedTuple):
+    # A tuple, not an object with a __dict__: NOW has tens of millions of sources rows.
+    country: str
+    url: str
+    title: str
+    date: str
+
+
+# Stands in for the row of an article whose country is not kept, so its text entry is skipped
+# as excluded (not reported as lacking a sources row) without holding its URL and title.
+_EXCLUDED = _SourceRow("", "", "", "")
+
+
+def _decode(line: bytes) -> str:
+    # Sources are ISO-8859-1; newer text files are UTF-8. Valid UTF-8 is almost never accidental.
+    try:
+        return line.decode("utf-8")
+    except UnicodeDecodeError:
+        return line.decode("latin-1")
+
+
+def _is_sources(name: str) -> bool:
+    return "sources" in os.path.basename(name).lower()
+
+
+def _collect(paths: Sequence[str]) -> Tuple[List[_Member], List[_Member]]:
+    """Split the inputs into sources files and text files."""
+    members: List[_Member] = []
+
+    def add_zip(path: str) -> None:
+        try:
+            with zipfile.ZipFile(path) as zf:
+                names = sorted(zf.namelist())
+        except (OSError, zipfile.BadZipFile) as e:
+            raise DataError(f"cannot read NOW zip {path}: {e}") from e
+        for name in names:
+            if name.endswith("/"):
+                continue
+            if name.lower().endswith(".zip"):
+                logger.warning("%s!%s: nested zip not read; unzip it and pass it as --input", path, name)
+            elif name.lower().endswith(".txt"):
+                members.append(_Member(path, name))
+
+    for path in paths:
+        if os.path.isdir(path):
+            for root, dirs, files in os.walk(path):
+                dirs.sort()
+                for fname in sorted(files):
+                    full = os.path.join(root, fname)
+                    if fname.lower().endswith(".zip"):
+                        add_zip(full)
+                    elif fname.lower().endswith(".txt"):
+                        members.append(_Member(None, full))
+        elif not os.path.exists(path):
+            raise DataError(f"NOW input {path} does not exist")
+        elif path.lower().endswith(".zip"):
+            add_zip(path)
+        else:
+            members.append(_Member(None, path))
+    sources = [m for m in members if _is_sources(m.name)]
+    texts = sorted((m for m in members if not _is_sources(m.name)), key=lambda m: m.basename)
+    if not sources:
+        raise DataError(
+            f"no NOW sources file (now-sources-*.txt or sources-*.txt) in --input {' '.join(paths)}; "
+            "the sources files hold each article's country, URL and title"
+        )
+    if not texts:
+        raise DataError(f"no NOW text files (YY-MM-cc.txt or *-text.zip) in --input {' '.join(paths)}")
+    return sources, texts
+
+
+def _load_sources(
+    member: _Member, rows: Dict[str, _SourceRow], bad: BadRecords, excluded: Callable[[str], bool]
+) -> None:
+    with member.open() as f:
+        for lineno, raw in enumerate(f, 1):
+            line = _decode(raw).rstrip("\r\n")
+            if not line.strip():
+                continue
+            fields = line.split("\t")
+            if not fields[0].strip().isdigit():
+                continue  # header or separator lines
+            if len(fields) < 6:
+                bad.report(
+                    "malformed_sources_row",
+                    f"{member.display}:{lineno}",
+                    f"expected 7 tab-separated fields (textID, #words, date, country, website, url, "
+                    f"title), got {len(fields)}",
+                )
+                continue
+            country = fields[3].strip()
+            if excluded(country):
+                rows[fields[0].strip()] = _EXCLUDED
+                continue
+            title = fields[6].strip() if len(fields) > 6 else ""
+            rows[fields[0].strip()] = _SourceRow(
+                country=country, url=fields[5].strip(), title=title, date=fields[2].strip()
+            )
+
+
+def _entries(member: _Member) -> Iterator[Tuple[str, str]]:
+    """(textID, text) of each ``@@`` entry; lines up to the next entry are part of its text."""
+    text_id: Optional[str] = None
+    parts: List[str] = []
+    with member.open() as f:
+        for raw in f:
+            line = _decode(raw).rstrip("\r\n")
+            match = _ENTRY.match(line)
+            if match:
+                if text_id is not None:
+                    yield text_id, "\n".join(parts).strip()
+                text_id = match.group(1)
+                parts = [line[match.end():]]
+            elif text_id is not None:
+                parts.append(line)
+    if text_id is not None:
+        yield text_id, "\n".join(parts).strip()
+
+
+def _count_entries(member: _Member) -> int:
+    with member.open() as f:
+        return sum(1 for raw in f if raw.startswith(b"@@"))
+
+
+def _file_country(member: _Member, regions: RegionTable) -> Optional[str]:
+    match = _TEXT_NAME.match(member.basename)
+    return regions.normalize_country(match.group(1)) if match else None
+
+
+def read_now(
+    paths: Sequence[str],
+    regions: RegionTable,
+    bad: BadRecords,
+    countries: Optional[Set[str]] = None,
+) -> Iterator[Document]:
+    """Stream NOW documents from folders, zips or files (see the module docstring)."""
+    keep = set(countries) if countries is not None else set(NOW_CONTINENTS) | set(regions.explicit)
+    sources, texts = _collect(paths)
+    rows: Dict[str, _SourceRow] = {}
+
+    @functools.lru_cache(maxsize=None)
+    def excluded_country(raw: str) -> bool:
+        code = regions.normalize_country(raw) if raw else None
+        return code is not None and code not in keep
+
+    for member in sources:
+        logger.info("loading sources %s", member.display)
+        _load_sources(member, rows, bad, excluded_country)
+    logger.info("%d sources rows; %d text files", len(rows), len(texts))
+    excluded = 0
+    try:
+        for member in texts:
+            file_country = _file_country(member, regions)
+            if file_country is not None and file_country not in keep:
+                # A whole file of a dropped country (e.g. au, nz): count it without decoding.
+                n = _count_entries(member)
+                excluded += n
+                logger.info("skipping %s (%d documents, country %s not kept)", member.display, n, file_country)
+                continue
+            logger.info("reading %s", member.display)
+            n_entries = 0
+            for text_id, text in _entries(member):
+                n_entries += 1
+                where = f"{member.display} (textID {text_id})"
+                row = rows.get(text_id)
+                if row is None:
+                    bad.report("no_sources_row", where, "no row with this textID in the sources files given")
+                    continue
+                if row is _EXCLUDED:
+                    excluded += 1
+                    continue
+                if not text:
+                    bad.report("missing_text", where, "empty text")
+                    continue
+                raw_country = row.country or (file_country or "")
+                country = regions.normalize_country(raw_country) if raw_country else None
+                if country is None:
+                    reason = "unknown_country" if raw_country else "missing_country"
+                    bad.report(reason, where, f"country {raw_country!r} not in the region table "
+                               "(add it with --continent-map)")
+                    continue
+                if country not in keep:
+                    excluded += 1
+                    continue
+                if not row.url:
+                    bad.report("missing_url", where, "the sources row has no URL")
+                    continue
+                yield Document(
+                    id=text_id,
+                    url=row.url,
+                    country=country,
+                    continent=regions.continent_of(country) or "",
+                    title=row.title,
+                    text=text,
+                    date=row.date or None,
+                )
+            if n_entries == 0:
+                logger.warning("%s has no @@textID entries; is it a NOW text file?", member.display)
+    finally:
+        if excluded:
+            logger.info("left out %d documents of countries not kept (%s)", excluded, ",".join(sorted(keep)))
+            bad.merge({"excluded_country": excluded})
