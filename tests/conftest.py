@@ -4,8 +4,7 @@ import os
 
 import pytest
 
-# Keep every test on the CPU and single-threaded per process: CI has 2 cores.
-os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+# Single-threaded per process: CI has 2 cores and the distributed tests start several ranks.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 

@@ -58,6 +58,9 @@ class Manifest:
     split_by: str = "none"
     url_form: str = "full"
     append_eod: bool = True
+    # One sequence per sentence (shards named *_text_sentence); GPTDataset would treat each
+    # sentence as a document, so GPT training should use shards written without it.
+    split_sentences: bool = False
     format_version: int = FORMAT_VERSION
     path: Optional[str] = None  # where it was loaded from; not serialized
 
@@ -142,6 +145,7 @@ def load_manifest(path: str) -> Manifest:
         split_by=raw.get("split_by", "none"),
         url_form=raw.get("url_form", "full"),
         append_eod=raw.get("append_eod", True),
+        split_sentences=raw.get("split_sentences", False),
         format_version=version,
         path=os.path.abspath(path),
     )

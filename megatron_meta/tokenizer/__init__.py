@@ -1,0 +1,5 @@
+"""Tokenizers: megatron-core's tokenizer library by Megatron-LM names, and SentencePiece training."""
+
+from megatron_meta.tokenizer.load import TOKENIZER_TYPES, decode, load_tokenizer
+
+__all__ = ["TOKENIZER_TYPES", "decode", "load_tokenizer"]

@@ -1,0 +1,185 @@
+"""Small corpora and real tokenizers built on the fly for the tokenizer/preprocessing tests.
+
+Everything is generated here (no network, no ../shared): a synthetic multi-region news-like corpus
+with titles, untitled records, newlines, double spaces, tabs and non-ASCII text; a SentencePiece
+BPE model trained on it with :func:`train_sentencepiece`; Hugging Face ``tokenizer.json`` files
+(Llama-3-style regex + byte-level BPE, and GPT-2-style) trained with ``tokenizers``; and a
+tiktoken vocabulary in megatron-core's JSON format derived from the byte-level BPE.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import random
+from typing import Dict, List
+
+from megatron_meta.corpora.records import Document
+
+WORDS = (
+    "the government said on monday that new rules for farmers would take effect next year "
+    "officials in lagos and nairobi met with traders while prices of maize rose sharply "
+    "analysts expect growth of 3.5 percent despite weaker exports and a stronger dollar "
+    "the minister told reporters in london that talks would continue until an agreement "
+    "residents of the city described flooding after heavy rain caused damage to roads "
+    "café naïve résumé — “quoted” words; 東京 and Zürich appear too"
+).split()
+
+PLACES = [
+    ("ng", "Africa", "https://www.punchng.com/news/"),
+    ("ke", "Africa", "https://nation.africa/kenya/"),
+    ("gb", "Europe", "https://www.bbc.co.uk/news/"),
+    ("ie", "Europe", "https://www.rte.ie/news/"),
+    ("us", "America", "https://edition.cnn.com/2017/"),
+    ("ca", "America", "https://www.cbc.ca/news/"),
+    ("in", "Asia", "https://timesofindia.indiatimes.com/"),
+    ("sg", "Asia", "https://www.straitstimes.com/"),
+]
+
+
+def _sentence(rng: random.Random) -> str:
+    words = [rng.choice(WORDS) for _ in range(rng.randint(5, 14))]
+    words[0] = words[0].capitalize()
+    return " ".join(words) + rng.choice([".", ".", "!", "?", "."])
+
+
+def make_documents(n: int = 48, seed: int = 0) -> List[Document]:
+    """Deterministic documents spread over 8 countries / 4 continents."""
+    rng = random.Random(seed)
+    docs = []
+    for i in range(n):
+        cc, continent, base = PLACES[i % len(PLACES)]
+        paragraphs = []
+        for _ in range(rng.randint(1, 3)):
+            paragraphs.append(" ".join(_sentence(rng) for _ in range(rng.randint(1, 4))))
+        text = "\n\n".join(paragraphs)
+        if i % 5 == 0:
+            text = text.replace(" ", "  ", 1) + "\n\tTabbed line."
+        if i % 7 == 0:
+            text = " " + text  # a body starting with a space
+        title = "" if i % 6 == 3 else _sentence(rng).rstrip(".!?")
+        url = f"{base}article-{i}/" if i % 4 == 0 else f"{base}story?id={1000 + i}"
+        docs.append(Document(id=f"doc-{i}", url=url, country=cc, continent=continent,
+                             title=title, text=text, date="2017-02-07"))
+    return docs
+
+
+def write_jsonl(path: str, docs: List[Document], extra_lines: List[str] = ()) -> str:
+    """Write documents as JSONL records (the keys the default --json-keys etc. expect)."""
+    with open(path, "w", encoding="utf-8") as f:
+        for doc in docs:
+            f.write(json.dumps(doc.to_json(), ensure_ascii=False) + "\n")
+        for line in extra_lines:
+            f.write(line + "\n")
+    return path
+
+
+def training_texts(docs: List[Document]) -> List[str]:
+    from megatron_meta.metadata.formatting import VARIANTS, format_document
+
+    names = list(VARIANTS)
+    return [format_document(d, names[i % len(names)]) for i, d in enumerate(docs)]
+
+
+def train_hf_tokenizer(path: str, texts: List[str], style: str = "llama3", vocab: int = 400) -> str:
+    """A byte-level BPE ``tokenizer.json`` (``llama3``: regex Split + ByteLevel; ``gpt2``)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from megatron_meta.tokenizer.batch import NEWLINE_SAFE_PATTERNS
+
+    tok = Tokenizer(models.BPE())
+    if style == "llama3":
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(NEWLINE_SAFE_PATTERNS[0]), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ])
+    else:
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab, special_tokens=["<|endoftext|>"], show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(texts, trainer)
+    tok.save(path)
+    return path
+
+
+def _bytes_decoder() -> Dict[str, int]:
+    """GPT-2's byte <-> printable-character table, inverted."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(
+        range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return {chr(c): b for b, c in zip(bs, cs)}
+
+
+def write_tiktoken_vocab(path: str, hf_tokenizer_json: str) -> str:
+    """megatron-core's tiktoken format (list of rank/token_bytes/token_str) from a byte-level BPE."""
+    with open(hf_tokenizer_json, encoding="utf-8") as f:
+        spec = json.load(f)
+    decoder = _bytes_decoder()
+    vocab = sorted(spec["model"]["vocab"].items(), key=lambda kv: kv[1])
+    ranks = [bytes([i]) for i in range(256)]
+    seen = set(ranks)
+    for token, _ in vocab:
+        if token.startswith("<|"):
+            continue
+        raw = bytes(decoder[c] for c in token)
+        if raw not in seen:
+            seen.add(raw)
+            ranks.append(raw)
+    entries = [
+        {"rank": i, "token_bytes": base64.b64encode(b).decode(), "token_str": b.decode("utf-8", "replace")}
+        for i, b in enumerate(ranks)
+    ]
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(entries, f)
+    return path
+
+
+def build_tokenizers(folder: str, docs: List[Document]) -> Dict[str, str]:
+    """All test tokenizers in ``folder``: name -> model path."""
+    from megatron_meta.tokenizer.train import train_sentencepiece
+
+    os.makedirs(folder, exist_ok=True)
+    texts = training_texts(docs)
+    paths = {
+        "sp_bpe": train_sentencepiece(texts, os.path.join(folder, "sp_bpe"), 600, num_threads=1),
+        "sp_unigram": train_sentencepiece(
+            texts, os.path.join(folder, "sp_uni"), 600, model_type="unigram", num_threads=1),
+        "hf_llama3": train_hf_tokenizer(os.path.join(folder, "llama3.json"), texts, "llama3"),
+        # GPT-2's pattern makes a trailing "\n\n" one pre-token; texts where "\n\n" precedes a
+        # space teach it the merge, as real GPT-2 has it, so prefix + body encodes differently.
+        "hf_gpt2": train_hf_tokenizer(
+            os.path.join(folder, "gpt2.json"), texts + [t.replace("\n\n", "\n\n ") for t in texts], "gpt2"),
+    }
+    paths["tiktoken"] = write_tiktoken_vocab(os.path.join(folder, "tiktoken.json"), paths["hf_llama3"])
+    return paths
+
+
+TOKENIZER_TYPES = {
+    "sp_bpe": "SentencePieceTokenizer",
+    "sp_unigram": "SentencePieceTokenizer",
+    "hf_llama3": "HuggingFaceTokenizer",
+    "hf_gpt2": "HuggingFaceTokenizer",
+    "tiktoken": "TikTokenizer",
+}
+
+
+class FailingEncoder:
+    """Stands in for a LibraryEncoder and fails inside a worker process (crash tests)."""
+
+    kind = "failing"
+
+    def __call__(self, texts):
+        raise ValueError("worker died")
+
+    def decode(self, ids):
+        return ""
