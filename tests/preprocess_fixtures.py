@@ -60,8 +60,17 @@ def make_documents(n: int = 48, seed: int = 0) -> List[Document]:
             text = " " + text  # a body starting with a space
         title = "" if i % 6 == 3 else _sentence(rng).rstrip(".!?")
         url = f"{base}article-{i}/" if i % 4 == 0 else f"{base}story?id={1000 + i}"
-        docs.append(Document(id=f"doc-{i}", url=url, country=cc, continent=continent,
-                             title=title, text=text, date="2017-02-07"))
+        docs.append(
+            Document(
+                id=f"doc-{i}",
+                url=url,
+                country=cc,
+                continent=continent,
+                title=title,
+                text=text,
+                date="2017-02-07",
+            )
+        )
     return docs
 
 
@@ -90,15 +99,19 @@ def train_hf_tokenizer(path: str, texts: List[str], style: str = "llama3", vocab
 
     tok = Tokenizer(models.BPE())
     if style == "llama3":
-        tok.pre_tokenizer = pre_tokenizers.Sequence([
-            pre_tokenizers.Split(Regex(NEWLINE_SAFE_PATTERNS[0]), behavior="isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ])
+        tok.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(NEWLINE_SAFE_PATTERNS[0]), behavior="isolated"),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
     else:
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab, special_tokens=["<|endoftext|>"], show_progress=False,
+        vocab_size=vocab,
+        special_tokens=["<|endoftext|>"],
+        show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tok.train_from_iterator(texts, trainer)
@@ -108,8 +121,11 @@ def train_hf_tokenizer(path: str, texts: List[str], style: str = "llama3", vocab
 
 def _bytes_decoder() -> Dict[str, int]:
     """GPT-2's byte <-> printable-character table, inverted."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(
-        range(ord("®"), ord("ÿ") + 1))
+    bs = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
     cs = bs[:]
     n = 0
     for b in range(256):
@@ -121,7 +137,7 @@ def _bytes_decoder() -> Dict[str, int]:
 
 
 def write_tiktoken_vocab(path: str, hf_tokenizer_json: str) -> str:
-    """megatron-core's tiktoken format (list of rank/token_bytes/token_str) from a byte-level BPE."""
+    """megatron-core's tiktoken format (rank/token_bytes/token_str list) from a byte-level BPE."""
     with open(hf_tokenizer_json, encoding="utf-8") as f:
         spec = json.load(f)
     decoder = _bytes_decoder()
@@ -136,7 +152,11 @@ def write_tiktoken_vocab(path: str, hf_tokenizer_json: str) -> str:
             seen.add(raw)
             ranks.append(raw)
     entries = [
-        {"rank": i, "token_bytes": base64.b64encode(b).decode(), "token_str": b.decode("utf-8", "replace")}
+        {
+            "rank": i,
+            "token_bytes": base64.b64encode(b).decode(),
+            "token_str": b.decode("utf-8", "replace"),
+        }
         for i, b in enumerate(ranks)
     ]
     with open(path, "w", encoding="utf-8") as f:
@@ -153,14 +173,20 @@ def build_tokenizers(folder: str, docs: List[Document]) -> Dict[str, str]:
     paths = {
         "sp_bpe": train_sentencepiece(texts, os.path.join(folder, "sp_bpe"), 600, num_threads=1),
         "sp_unigram": train_sentencepiece(
-            texts, os.path.join(folder, "sp_uni"), 600, model_type="unigram", num_threads=1),
+            texts, os.path.join(folder, "sp_uni"), 600, model_type="unigram", num_threads=1
+        ),
         "hf_llama3": train_hf_tokenizer(os.path.join(folder, "llama3.json"), texts, "llama3"),
         # GPT-2's pattern makes a trailing "\n\n" one pre-token; texts where "\n\n" precedes a
         # space teach it the merge, as real GPT-2 has it, so prefix + body encodes differently.
         "hf_gpt2": train_hf_tokenizer(
-            os.path.join(folder, "gpt2.json"), texts + [t.replace("\n\n", "\n\n ") for t in texts], "gpt2"),
+            os.path.join(folder, "gpt2.json"),
+            texts + [t.replace("\n\n", "\n\n ") for t in texts],
+            "gpt2",
+        ),
     }
-    paths["tiktoken"] = write_tiktoken_vocab(os.path.join(folder, "tiktoken.json"), paths["hf_llama3"])
+    paths["tiktoken"] = write_tiktoken_vocab(
+        os.path.join(folder, "tiktoken.json"), paths["hf_llama3"]
+    )
     return paths
 
 

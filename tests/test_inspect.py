@@ -3,14 +3,13 @@
 import os
 
 import pytest
+from preprocess_fixtures import make_documents, training_texts, write_jsonl
 
 from megatron_meta.cli import run_guarded
+from megatron_meta.corpora.registry import CorpusSpec
 from megatron_meta.metadata.formatting import document_body, metadata_prefix
 from megatron_meta.preprocess.inspect import main as inspect_main
 from megatron_meta.preprocess.runner import PreprocessConfig, run_preprocess
-from megatron_meta.corpora.registry import CorpusSpec
-
-from preprocess_fixtures import make_documents, training_texts, write_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -21,10 +20,18 @@ def built(tmp_path_factory):
     folder = tmp_path_factory.mktemp("inspect")
     model = train_sentencepiece(training_texts(docs), str(folder / "sp"), 400, num_threads=1)
     corpus = write_jsonl(str(folder / "c.jsonl"), docs)
-    result = run_preprocess(PreprocessConfig(
-        corpus=CorpusSpec(inputs=[corpus]), output_prefix=str(folder / "data" / "out"),
-        tokenizer_type="SentencePieceTokenizer", tokenizer_model=model, variants=["full", "none"],
-        append_eod=True, workers=0, progress_bar=False))
+    result = run_preprocess(
+        PreprocessConfig(
+            corpus=CorpusSpec(inputs=[corpus]),
+            output_prefix=str(folder / "data" / "out"),
+            tokenizer_type="SentencePieceTokenizer",
+            tokenizer_model=model,
+            variants=["full", "none"],
+            append_eod=True,
+            workers=0,
+            progress_bar=False,
+        )
+    )
     return docs, model, result
 
 
@@ -47,8 +54,15 @@ def test_explicit_tokenizer_and_no_manifest(built, tmp_path, capsys):
         os.symlink(shard.prefix + ext, str(tmp_path / ("s" + ext)))
     assert inspect_main([str(tmp_path / "s")]) == 0
     assert "pass --tokenizer-type" in capsys.readouterr().out
-    args = [str(tmp_path / "s"), "--document", "2", "--tokenizer-type", "SentencePieceTokenizer",
-            "--tokenizer-model", model]
+    args = [
+        str(tmp_path / "s"),
+        "--document",
+        "2",
+        "--tokenizer-type",
+        "SentencePieceTokenizer",
+        "--tokenizer-model",
+        model,
+    ]
     assert inspect_main(args) == 0
     out = capsys.readouterr().out
     assert "[metadata]" not in out  # variant none: no metadata tokens

@@ -156,7 +156,8 @@ def test_registry_reads_news_articles_from_cache(tmp_path, monkeypatch):
     assert bad.summary() == {"excluded_country": len(good_rows()) - 3}
 
 
-REAL = os.path.join(default_cache_dir(), "NewsArticles.zip")
+REAL_DIR = default_cache_dir()  # resolved at import: other tests point the cache elsewhere
+REAL = os.path.join(REAL_DIR, "NewsArticles.zip")
 
 
 @pytest.mark.skipif(not os.path.isfile(REAL), reason="run `megatron-meta fetch news-articles` first")
@@ -170,5 +171,5 @@ def test_real_cached_corpus():
                               "cnn.com", "rte.ie", "dw.com", "europe.chinadaily.com.cn", "bbc.co.uk"}
     assert {d.continent for d in docs} == {"America", "Asia", "Europe"}
     assert all(d.text and d.url and d.country for d in docs)
-    small, _ = read(os.path.join(default_cache_dir(), "News100.zip"), "skip", subset="News100")
+    small, _ = read(os.path.join(REAL_DIR, "News100.zip"), "skip", subset="News100")
     assert 90 <= len(small) <= 100

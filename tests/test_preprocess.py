@@ -6,6 +6,7 @@ import os
 
 import numpy as np
 import pytest
+from preprocess_fixtures import TOKENIZER_TYPES, build_tokenizers, make_documents, write_jsonl
 
 from megatron_meta.corpora.records import Document
 from megatron_meta.corpora.registry import CorpusSpec
@@ -14,8 +15,6 @@ from megatron_meta.preprocess.holdout import HoldoutConfig
 from megatron_meta.preprocess.manifest import load_manifest
 from megatron_meta.preprocess.runner import PreprocessConfig, run_preprocess
 from megatron_meta.tokenizer import decode, load_tokenizer
-
-from preprocess_fixtures import TOKENIZER_TYPES, build_tokenizers, make_documents, write_jsonl
 
 ALL = list(VARIANTS)
 
@@ -57,7 +56,9 @@ def read_documents(prefix):
     ds = IndexedDataset(prefix)
     bounds = ds.document_indices
     # Copy: the arrays view a memory map that closes with the dataset.
-    return [[np.array(ds[i]) for i in range(bounds[d], bounds[d + 1])] for d in range(len(bounds) - 1)]
+    return [
+        [np.array(ds[i]) for i in range(bounds[d], bounds[d + 1])] for d in range(len(bounds) - 1)
+    ]
 
 
 def check_shards(result, docs_by_region, tok, url_form="full", append_eod=True):
@@ -112,9 +113,26 @@ def test_without_eod_and_token_dtype(tmp_path, corpus, toks, docs):
     assert IndexedDataset(result.manifest.shards[0].prefix).index.dtype == np.uint16
 
 
+def test_int32_shards_for_large_vocabularies(tmp_path, corpus, toks, docs, monkeypatch):
+    # A >= 65,500-id vocabulary (Llama-3: 128,256) gets int32 tokens; same ids either way.
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    from megatron_meta.preprocess import runner
+
+    monkeypatch.setattr(runner, "token_dtype", lambda vocab_size: np.dtype(np.int32))
+    result = run(tmp_path, corpus, toks, variants=["full", "none"], append_eod=True, workers=2)
+    assert IndexedDataset(result.manifest.shards[0].prefix).index.dtype == np.int32
+    check_shards(result, {None: docs}, load_tokenizer("SentencePieceTokenizer", toks["sp_bpe"]))
+
+
 def test_one_and_two_workers_are_byte_identical(tmp_path, corpus, toks):
-    kw = dict(variants=["full", "none"], append_eod=True, split_by="continent", chunk_bytes=2000,
-              holdout=HoldoutConfig(test_per_region=2, valid_fraction=0.2, seed=3))
+    kw = dict(
+        variants=["full", "none"],
+        append_eod=True,
+        split_by="continent",
+        chunk_bytes=2000,
+        holdout=HoldoutConfig(test_per_region=2, valid_fraction=0.2, seed=3),
+    )
     outs = {w: run(tmp_path / f"w{w}", corpus, toks, workers=w, **kw) for w in (0, 1, 2)}
     names = sorted(os.listdir(tmp_path / "w1"))
     assert names == sorted(os.listdir(tmp_path / "w2")) == sorted(os.listdir(tmp_path / "w0"))
@@ -129,9 +147,13 @@ def test_one_and_two_workers_are_byte_identical(tmp_path, corpus, toks):
 
 @pytest.mark.parametrize("name", ["hf_llama3", "tiktoken"])
 def test_worker_processes_with_other_libraries(tmp_path, corpus, toks, name):
-    # Rust (Hugging Face) and tiktoken thread pools used in the parent must not break forked workers.
-    a = run(tmp_path / "a", corpus, toks, name, variants=["full", "none"], workers=0, chunk_bytes=3000)
-    b = run(tmp_path / "b", corpus, toks, name, variants=["full", "none"], workers=2, chunk_bytes=3000)
+    # Rust (Hugging Face) and tiktoken thread pools used in the parent must not break workers.
+    a = run(
+        tmp_path / "a", corpus, toks, name, variants=["full", "none"], workers=0, chunk_bytes=3000
+    )
+    b = run(
+        tmp_path / "b", corpus, toks, name, variants=["full", "none"], workers=2, chunk_bytes=3000
+    )
     for sa, sb in zip(a.manifest.shards, b.manifest.shards):
         for ext in (".bin", ".idx", ".metadata_tokens.npy"):
             assert filecmp.cmp(sa.prefix + ext, sb.prefix + ext, shallow=False)
@@ -139,7 +161,9 @@ def test_worker_processes_with_other_libraries(tmp_path, corpus, toks, name):
 
 @pytest.mark.parametrize("split_by", ["continent", "country"])
 def test_split_by_region(tmp_path, corpus, toks, docs, split_by):
-    result = run(tmp_path, corpus, toks, variants=["full", "none"], split_by=split_by, append_eod=True)
+    result = run(
+        tmp_path, corpus, toks, variants=["full", "none"], split_by=split_by, append_eod=True
+    )
     key = (lambda d: d.continent) if split_by == "continent" else (lambda d: d.country)
     by_region = {}
     for d in docs:
@@ -164,12 +188,34 @@ def _held_out(result):
 
 def test_holdout_is_exact_excluded_and_reproducible(tmp_path, corpus, toks, docs):
     hold = HoldoutConfig(test_per_region=3, valid_fraction=0.25, seed=42)
-    a = run(tmp_path / "a", corpus, toks, variants=["full"], split_by="continent", holdout=hold,
-            append_eod=True)
-    b = run(tmp_path / "b", corpus, toks, variants=["full"], split_by="continent",
-            holdout=HoldoutConfig(3, 0.25, 42), append_eod=True, workers=2)
-    c = run(tmp_path / "c", corpus, toks, variants=["full"], split_by="continent",
-            holdout=HoldoutConfig(3, 0.25, 7), append_eod=True)
+    a = run(
+        tmp_path / "a",
+        corpus,
+        toks,
+        variants=["full"],
+        split_by="continent",
+        holdout=hold,
+        append_eod=True,
+    )
+    b = run(
+        tmp_path / "b",
+        corpus,
+        toks,
+        variants=["full"],
+        split_by="continent",
+        holdout=HoldoutConfig(3, 0.25, 42),
+        append_eod=True,
+        workers=2,
+    )
+    c = run(
+        tmp_path / "c",
+        corpus,
+        toks,
+        variants=["full"],
+        split_by="continent",
+        holdout=HoldoutConfig(3, 0.25, 7),
+        append_eod=True,
+    )
     ha, hb, hc = _held_out(a), _held_out(b), _held_out(c)
     assert ha == hb and ha != hc  # same seed same split; another seed another split
     tests = {k: v for k, v in ha.items() if k[0] == "test"}
@@ -200,32 +246,56 @@ def test_holdout_larger_than_a_region_is_an_error(tmp_path, corpus, toks):
 
 
 def test_manifest_contents(tmp_path, corpus, toks, docs):
-    result = run(tmp_path, corpus, toks, variants=["full", "none"], split_by="continent",
-                 holdout=HoldoutConfig(test_per_region=2), append_eod=True, url_form="domain",
-                 command=["megatron-meta", "preprocess", "--x"])
+    run(
+        tmp_path,
+        corpus,
+        toks,
+        variants=["full", "none"],
+        split_by="continent",
+        holdout=HoldoutConfig(test_per_region=2),
+        append_eod=True,
+        url_form="domain",
+        command=["megatron-meta", "preprocess", "--x"],
+    )
     path = tmp_path / "out.manifest.json"
     raw = json.loads(path.read_text())
     assert raw["format_version"] == 1
     assert raw["tokenizer"]["type"] == "SentencePieceTokenizer"
     assert not os.path.isabs(raw["shards"][0]["prefix"])  # relative to the manifest folder
     assert raw["shards"][0]["prefix"] == "out_full_africa_text_document"
-    assert raw["shards"][0]["metadata_tokens"] == "out_full_africa_text_document.metadata_tokens.npy"
+    assert (
+        raw["shards"][0]["metadata_tokens"] == "out_full_africa_text_document.metadata_tokens.npy"
+    )
     assert raw["holdout"][0]["path"] == "out_test_africa.jsonl"
     m = load_manifest(str(path))
     tok = load_tokenizer("SentencePieceTokenizer", toks["sp_bpe"])
     assert (m.tokenizer.vocab_size, m.tokenizer.eod_id) == (tok.vocab_size, tok.eod)
     assert os.path.samefile(m.tokenizer.model, toks["sp_bpe"])
-    assert m.variants() == ["full", "none"] and m.regions() == ["Africa", "America", "Asia", "Europe"]
+    assert m.variants() == ["full", "none"] and m.regions() == [
+        "Africa",
+        "America",
+        "Asia",
+        "Europe",
+    ]
     assert (m.split_by, m.url_form, m.append_eod) == ("continent", "domain", True)
     assert m.command == ["megatron-meta", "preprocess", "--x"] and m.skipped == {}
     assert sum(s.documents for s in m.shards_for("full")) == len(docs) - 8
     assert [(h.split, h.region, h.documents) for h in m.holdout] == [
-        ("test", r, 2) for r in ["Africa", "America", "Asia", "Europe"]]
+        ("test", r, 2) for r in ["Africa", "America", "Asia", "Europe"]
+    ]
 
 
 def test_split_sentences_keeps_exact_text(tmp_path, corpus, toks, docs):
-    result = run(tmp_path, corpus, toks, variants=["full", "none"], split_sentences=True,
-                 append_eod=True)
+    result = run(
+        tmp_path,
+        corpus,
+        toks,
+        variants=["full", "none"],
+        split_sentences=True,
+        append_eod=True,
+        workers=2,
+        chunk_bytes=4000,
+    )
     tok = load_tokenizer("SentencePieceTokenizer", toks["sp_bpe"])
     assert all(s.prefix.endswith("_text_sentence") for s in result.manifest.shards)
     assert load_manifest(result.manifest_path).split_sentences
@@ -246,17 +316,28 @@ def test_split_sentences_keeps_exact_text(tmp_path, corpus, toks, docs):
 
 
 def test_gpt_dataset_reads_a_shard(tmp_path, corpus, toks):
-    from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
+    from megatron.core.datasets.blended_megatron_dataset_builder import (
+        BlendedMegatronDatasetBuilder,
+    )
     from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 
     result = run(tmp_path, corpus, toks, variants=["full"], append_eod=True)
     tok = load_tokenizer("SentencePieceTokenizer", toks["sp_bpe"])
     config = GPTDatasetConfig(
-        random_seed=1, sequence_length=32, blend=([result.manifest.shards[0].prefix], None),
-        split="100,0,0", tokenizer=tok, reset_position_ids=False, reset_attention_mask=False,
-        eod_mask_loss=False, path_to_cache=str(tmp_path / "cache"), mid_level_dataset_surplus=0.005,
+        random_seed=1,
+        sequence_length=32,
+        blend=([result.manifest.shards[0].prefix], None),
+        split="100,0,0",
+        tokenizer=tok,
+        reset_position_ids=False,
+        reset_attention_mask=False,
+        eod_mask_loss=False,
+        path_to_cache=str(tmp_path / "cache"),
+        mid_level_dataset_surplus=0.005,
     )
-    train, _, _ = BlendedMegatronDatasetBuilder(GPTDataset, [20, None, None], lambda: True, config).build()
+    train, _, _ = BlendedMegatronDatasetBuilder(
+        GPTDataset, [20, None, None], lambda: True, config
+    ).build()
     sample = train[0]
     assert sample["tokens"].shape[0] == 32 and len(train) >= 20
     assert int(sample["tokens"].max()) < tok.vocab_size

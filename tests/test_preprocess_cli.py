@@ -6,12 +6,11 @@ import subprocess
 import sys
 
 import pytest
+from preprocess_fixtures import make_documents, write_jsonl
 
 from megatron_meta.cli import run_guarded
 from megatron_meta.preprocess.cli import main as preprocess_main
 from megatron_meta.preprocess.manifest import load_manifest
-
-from preprocess_fixtures import make_documents, write_jsonl
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -23,22 +22,40 @@ def docs():
 
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory, docs):
-    from megatron_meta.tokenizer.train import train_sentencepiece
     from preprocess_fixtures import training_texts
 
-    return train_sentencepiece(training_texts(docs), str(tmp_path_factory.mktemp("tok") / "sp"), 500,
-                               num_threads=1)
+    from megatron_meta.tokenizer.train import train_sentencepiece
+
+    return train_sentencepiece(
+        training_texts(docs), str(tmp_path_factory.mktemp("tok") / "sp"), 500, num_threads=1
+    )
 
 
 def _args(corpus, out, tokenizer, *extra):
-    return ["--input", corpus, "--output-prefix", str(out), "--tokenizer-type",
-            "SentencePieceTokenizer", "--tokenizer-model", tokenizer, "--no-progress", *extra]
+    return [
+        "--input",
+        corpus,
+        "--output-prefix",
+        str(out),
+        "--tokenizer-type",
+        "SentencePieceTokenizer",
+        "--tokenizer-model",
+        tokenizer,
+        "--no-progress",
+        *extra,
+    ]
 
 
 def _run_cli(args, script=None):
     env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, script] if script else [sys.executable, "-m", "megatron_meta.cli", "preprocess"]
-    return subprocess.run(cmd + args, capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    cmd = (
+        [sys.executable, script]
+        if script
+        else [sys.executable, "-m", "megatron_meta.cli", "preprocess"]
+    )
+    return subprocess.run(
+        cmd + args, capture_output=True, text=True, env=env, cwd=REPO, timeout=300
+    )
 
 
 def _outputs(folder):
@@ -47,10 +64,25 @@ def _outputs(folder):
 
 def test_end_to_end_cli(tmp_path, docs, tokenizer):
     corpus = write_jsonl(str(tmp_path / "news.jsonl"), docs)
-    proc = _run_cli(_args(corpus, tmp_path / "data" / "out", tokenizer, "--metadata-variants",
-                          "full,none", "--split-by", "continent", "--holdout-test", "1",
-                          "--append-eod", "--workers", "2", "--partitions", "2"),
-                    script=os.path.join(REPO, "tools", "preprocess_data.py"))
+    proc = _run_cli(
+        _args(
+            corpus,
+            tmp_path / "data" / "out",
+            tokenizer,
+            "--metadata-variants",
+            "full,none",
+            "--split-by",
+            "continent",
+            "--holdout-test",
+            "1",
+            "--append-eod",
+            "--workers",
+            "2",
+            "--partitions",
+            "2",
+        ),
+        script=os.path.join(REPO, "tools", "preprocess_data.py"),
+    )
     assert proc.returncode == 0, proc.stderr
     assert "manifest:" in proc.stdout and "Traceback" not in proc.stderr
     manifest = load_manifest(str(tmp_path / "data" / "out.manifest.json"))
@@ -61,8 +93,11 @@ def test_end_to_end_cli(tmp_path, docs, tokenizer):
 
 
 def test_bad_line_in_error_mode_exits_2_with_location_and_no_outputs(tmp_path, docs, tokenizer):
-    corpus = write_jsonl(str(tmp_path / "news.jsonl"), docs[:10], ['{"text": "cut off']
-                         + [json.dumps(d.to_json()) for d in docs[10:]])
+    corpus = write_jsonl(
+        str(tmp_path / "news.jsonl"),
+        docs[:10],
+        ['{"text": "cut off'] + [json.dumps(d.to_json()) for d in docs[10:]],
+    )
     proc = _run_cli(_args(corpus, tmp_path / "out", tokenizer, "--workers", "2"))
     assert proc.returncode == 2
     assert "news.jsonl:11" in proc.stderr and "malformed JSON" in proc.stderr
@@ -71,21 +106,32 @@ def test_bad_line_in_error_mode_exits_2_with_location_and_no_outputs(tmp_path, d
 
 
 BAD_LINES = [
-    '{"text": "no closing brace"',                                                   # malformed_json
-    json.dumps({"id": "e", "url": "u", "country": "ng", "title": "t", "text": "  "}),  # missing_text
-    json.dumps({"id": "c", "url": "u", "country": "Atlantis", "text": "body"}),      # unknown_country
-    json.dumps({"id": "m", "url": "u", "text": "body"}),                             # missing_country
-    json.dumps({"id": "u", "country": "gb", "text": "body"}),                         # missing_url
-    "[1, 2]",                                                                        # malformed_json
+    '{"text": "no closing brace"',  # malformed_json
+    json.dumps(
+        {"id": "e", "url": "u", "country": "ng", "title": "t", "text": "  "}
+    ),  # missing_text
+    json.dumps({"id": "c", "url": "u", "country": "Atlantis", "text": "body"}),  # unknown_country
+    json.dumps({"id": "m", "url": "u", "text": "body"}),  # missing_country
+    json.dumps({"id": "u", "country": "gb", "text": "body"}),  # missing_url
+    "[1, 2]",  # malformed_json
 ]
 
 
-@pytest.mark.parametrize("index,reason", [(0, "malformed_json"), (1, "missing_text"),
-                                          (2, "unknown_country"), (3, "missing_country"),
-                                          (4, "missing_url")])
+@pytest.mark.parametrize(
+    "index,reason",
+    [
+        (0, "malformed_json"),
+        (1, "missing_text"),
+        (2, "unknown_country"),
+        (3, "missing_country"),
+        (4, "missing_url"),
+    ],
+)
 def test_each_bad_record_in_error_mode(tmp_path, docs, tokenizer, index, reason, capsys):
     corpus = write_jsonl(str(tmp_path / "news.jsonl"), docs[:3], [BAD_LINES[index]])
-    assert run_guarded(preprocess_main, _args(corpus, tmp_path / "out", tokenizer), "preprocess") == 2
+    assert (
+        run_guarded(preprocess_main, _args(corpus, tmp_path / "out", tokenizer), "preprocess") == 2
+    )
     err = capsys.readouterr().err
     assert "news.jsonl:4" in err
     assert _outputs(tmp_path) == []
@@ -95,7 +141,9 @@ def test_invalid_utf8_is_located(tmp_path, docs, tokenizer, capsys):
     corpus = write_jsonl(str(tmp_path / "news.jsonl"), docs[:2])
     with open(corpus, "ab") as f:
         f.write(b'{"id": "x", "url": "u", "country": "gb", "text": "caf\xe9"}\n')
-    assert run_guarded(preprocess_main, _args(corpus, tmp_path / "out", tokenizer), "preprocess") == 2
+    assert (
+        run_guarded(preprocess_main, _args(corpus, tmp_path / "out", tokenizer), "preprocess") == 2
+    )
     assert "news.jsonl:3" in capsys.readouterr().err
     assert _outputs(tmp_path) == []
 
@@ -106,13 +154,32 @@ def test_skip_mode_counts_reasons_in_manifest(tmp_path, docs, tokenizer, capsys)
     with open(corpus, "ab") as f:
         f.write(b'{"id": "x", "url": "u", "country": "gb", "text": "caf\xe9"}\n')
     titled = [d for d in docs if d.title]
-    assert preprocess_main(_args(corpus, tmp_path / "out", tokenizer, "--on-bad-record", "skip",
-                                 "--holdout-test", "2", "--require-title")) == 0
+    assert (
+        preprocess_main(
+            _args(
+                corpus,
+                tmp_path / "out",
+                tokenizer,
+                "--on-bad-record",
+                "skip",
+                "--holdout-test",
+                "2",
+                "--require-title",
+            )
+        )
+        == 0
+    )
     assert "skipped records" in capsys.readouterr().out  # the final summary names them too
     manifest = load_manifest(str(tmp_path / "out.manifest.json"))
-    assert manifest.skipped == {"invalid_utf8": 1, "malformed_json": 2, "missing_country": 1,
-                                "missing_text": 1, "missing_url": 1, "unknown_country": 1,
-                                "missing_title": 1 + len(docs) - len(titled)}
+    assert manifest.skipped == {
+        "invalid_utf8": 1,
+        "malformed_json": 2,
+        "missing_country": 1,
+        "missing_text": 1,
+        "missing_url": 1,
+        "unknown_country": 1,
+        "missing_title": 1 + len(docs) - len(titled),
+    }
     assert manifest.shards[0].documents == len(titled) - 2
 
 
@@ -125,7 +192,9 @@ def test_missing_input_file(tmp_path, tokenizer, capsys):
 
 @pytest.mark.parametrize("workers", [0, 2])
 @pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
-def test_failure_mid_run_leaves_nothing_complete(tmp_path, docs, tokenizer, monkeypatch, workers, error):
+def test_failure_mid_run_leaves_nothing_complete(
+    tmp_path, docs, tokenizer, monkeypatch, workers, error
+):
     from megatron_meta.preprocess import writer
 
     corpus = write_jsonl(str(tmp_path / "news.jsonl"), docs)
@@ -140,8 +209,17 @@ def test_failure_mid_run_leaves_nothing_complete(tmp_path, docs, tokenizer, monk
         original(self, encoded)
 
     monkeypatch.setattr(writer.ShardWriter, "add", add_then_fail)
-    args = _args(corpus, tmp_path / "out", tokenizer, "--workers", str(workers), "--split-by",
-                 "continent", "--holdout-test", "1")
+    args = _args(
+        corpus,
+        tmp_path / "out",
+        tokenizer,
+        "--workers",
+        str(workers),
+        "--split-by",
+        "continent",
+        "--holdout-test",
+        "1",
+    )
     with pytest.raises(error):
         preprocess_main(args)
     assert len(calls) == 3
@@ -153,8 +231,10 @@ def test_worker_crash_leaves_nothing(tmp_path, docs, tokenizer, monkeypatch):
     from preprocess_fixtures import FailingEncoder
 
     # The spawned workers receive an encoder that raises (pickled through the pool initializer).
-    monkeypatch.setattr("megatron_meta.preprocess.runner.choose_shared_body",
-                        lambda *a, **k: (False, FailingEncoder()))
+    monkeypatch.setattr(
+        "megatron_meta.preprocess.runner.choose_shared_body",
+        lambda *a, **k: (False, FailingEncoder()),
+    )
     corpus = write_jsonl(str(tmp_path / "news.jsonl"), docs)
     with pytest.raises(ValueError, match="worker died"):
         preprocess_main(_args(corpus, tmp_path / "out", tokenizer, "--workers", "2"))
@@ -169,7 +249,10 @@ def test_flag_errors(tmp_path, docs, tokenizer, capsys):
         (["--workers", "-1"], "--workers"),
     ]
     for extra, needle in cases:
-        assert run_guarded(preprocess_main, _args(corpus, tmp_path / "out", tokenizer, *extra), "p") == 2
+        assert (
+            run_guarded(preprocess_main, _args(corpus, tmp_path / "out", tokenizer, *extra), "p")
+            == 2
+        )
         assert needle in capsys.readouterr().err
     args = _args(corpus, tmp_path / "out", str(tmp_path / "nope.model"))
     assert run_guarded(preprocess_main, args, "p") == 2

@@ -1,4 +1,4 @@
-"""The streaming shard writer against megatron-core's IndexedDatasetBuilder, and the holdout rule."""
+"""The streaming shard writer against megatron-core's IndexedDatasetBuilder; the holdout rule."""
 
 import filecmp
 import os
@@ -15,7 +15,10 @@ from megatron_meta.preprocess.writer import OutputSet, ShardWriter, token_dtype
 def _random_documents(rng, n, vocab, max_sequences):
     docs = []
     for _ in range(n):
-        seqs = [rng.integers(0, vocab, size=rng.integers(1, 40)) for _ in range(rng.integers(1, max_sequences + 1))]
+        seqs = [
+            rng.integers(0, vocab, size=rng.integers(1, 40))
+            for _ in range(rng.integers(1, max_sequences + 1))
+        ]
         docs.append(seqs)
     return docs
 
@@ -44,7 +47,7 @@ def test_writer_matches_indexed_dataset_builder_bytes(tmp_path, vocab, max_seque
 
     ours = ShardWriter(str(tmp_path / "ours"), dtype)
     for start in range(0, len(docs), 9):  # several chunks
-        ours.add(_chunk(docs[start:start + 9], dtype))
+        ours.add(_chunk(docs[start : start + 9], dtype))
     for tmp, final in ours.finalize():
         os.replace(tmp, final)
 
@@ -61,7 +64,8 @@ def test_writer_matches_indexed_dataset_builder_bytes(tmp_path, vocab, max_seque
     side = np.load(tmp_path / "ours.metadata_tokens.npy")
     assert side.tolist() == [len(d[0]) // 2 for d in docs]
     assert sorted(os.listdir(tmp_path)) == sorted(
-        ["ours.bin", "ours.idx", "ours.metadata_tokens.npy", "ref.bin", "ref.idx"])
+        ["ours.bin", "ours.idx", "ours.metadata_tokens.npy", "ref.bin", "ref.idx"]
+    )
 
 
 def test_output_set_abort_and_commit(tmp_path):
@@ -76,14 +80,20 @@ def test_output_set_abort_and_commit(tmp_path):
 
     outputs = OutputSet(str(manifest))
     outputs.shard(("full", None), str(tmp_path / "s"), np.dtype(np.uint16)).add(
-        _chunk([[np.arange(5)]], np.uint16))
+        _chunk([[np.arange(5)]], np.uint16)
+    )
 
     def fail():
         assert not manifest.exists()  # the stale manifest is gone before new files appear
         manifest.write_text("new")
 
     outputs.commit(fail)
-    assert sorted(os.listdir(tmp_path)) == ["out.manifest.json", "s.bin", "s.idx", "s.metadata_tokens.npy"]
+    assert sorted(os.listdir(tmp_path)) == [
+        "out.manifest.json",
+        "s.bin",
+        "s.idx",
+        "s.metadata_tokens.npy",
+    ]
 
 
 def test_holdout_selector_exact_and_deterministic():

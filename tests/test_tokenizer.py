@@ -7,15 +7,19 @@ import sys
 
 import numpy as np
 import pytest
+from preprocess_fixtures import TOKENIZER_TYPES, build_tokenizers, make_documents, write_jsonl
 
 from megatron_meta.errors import ConfigError, DataError
-from megatron_meta.metadata.formatting import VARIANTS, document_body, format_document, metadata_prefix
+from megatron_meta.metadata.formatting import (
+    VARIANTS,
+    document_body,
+    format_document,
+    metadata_prefix,
+)
 from megatron_meta.tokenizer import decode, load_tokenizer
 from megatron_meta.tokenizer.batch import NEWLINE_SAFE_PATTERNS, BatchEncoder, prefix_split_proof
 from megatron_meta.tokenizer.train import main as train_main
 from megatron_meta.tokenizer.train import train_sentencepiece
-
-from preprocess_fixtures import TOKENIZER_TYPES, build_tokenizers, make_documents, write_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +34,9 @@ def toks(tmp_path_factory, docs):
 
 
 def _texts(docs):
-    return [format_document(d, v, form) for d in docs for v in VARIANTS for form in ("full", "domain")]
+    return [
+        format_document(d, v, form) for d in docs for v in VARIANTS for form in ("full", "domain")
+    ]
 
 
 @pytest.mark.parametrize("name", list(TOKENIZER_TYPES))
@@ -54,10 +60,14 @@ def test_trained_sentencepiece_settings(toks):
     with open(toks["sp_bpe"], "rb") as f:
         proto.ParseFromString(f.read())
     norm, trainer = proto.normalizer_spec, proto.trainer_spec
-    assert norm.name == "identity" and not norm.add_dummy_prefix and not norm.remove_extra_whitespaces
+    assert (
+        norm.name == "identity" and not norm.add_dummy_prefix and not norm.remove_extra_whitespaces
+    )
     assert trainer.byte_fallback and trainer.model_type == pb.TrainerSpec.BPE
     newline = [p for p in proto.pieces if "\n" in p.piece]
-    assert [(p.piece, p.type) for p in newline] == [("\n", pb.ModelProto.SentencePiece.USER_DEFINED)]
+    assert [(p.piece, p.type) for p in newline] == [
+        ("\n", pb.ModelProto.SentencePiece.USER_DEFINED)
+    ]
     tok = load_tokenizer("SentencePieceTokenizer", toks["sp_bpe"])
     # No dummy prefix: a leading space and a text without one encode differently and round-trip.
     assert decode(tok, tok.tokenize(" lead")) == " lead"
@@ -77,9 +87,16 @@ def test_loading_writes_nothing_next_to_the_model(toks):
     assert sorted(os.listdir(folder)) == before
 
 
-@pytest.mark.parametrize("name,safe", [
-    ("sp_bpe", True), ("sp_unigram", False), ("hf_llama3", True), ("hf_gpt2", False), ("tiktoken", True),
-])
+@pytest.mark.parametrize(
+    "name,safe",
+    [
+        ("sp_bpe", True),
+        ("sp_unigram", False),
+        ("hf_llama3", True),
+        ("hf_gpt2", False),
+        ("tiktoken", True),
+    ],
+)
 def test_prefix_split_proof(toks, docs, name, safe):
     tok = load_tokenizer(TOKENIZER_TYPES[name], toks[name])
     proven, reason = prefix_split_proof(tok)
@@ -94,7 +111,8 @@ def test_prefix_split_proof(toks, docs, name, safe):
 
         cut = re.compile(r"(?<=\n)(?=\S)")
         texts = [format_document(d, "full") for d in docs] + [
-            "A\n1 b\n\"q\"\n\u2014x\n\n(y) z.\n\n\n!\n  indented\n\tTab\n\u6771\u4eac\nURL: /\n?x"]
+            'A\n1 b\n"q"\n\u2014x\n\n(y) z.\n\n\n!\n  indented\n\tTab\n\u6771\u4eac\nURL: /\n?x'
+        ]
         for text in texts:
             pieces = cut.split(text)
             assert len(pieces) > 1
@@ -159,8 +177,23 @@ def test_train_sentencepiece_errors(tmp_path):
 def test_train_tokenizer_cli_on_jsonl(tmp_path, docs):
     data = write_jsonl(str(tmp_path / "c.jsonl"), docs)
     out = tmp_path / "out" / "tok.model"
-    assert train_main(["--input", data, "--output-prefix", str(out), "--vocab-size", "500",
-                       "--metadata-variants", "full,url_only,none", "--max-documents", "40"]) == 0
+    assert (
+        train_main(
+            [
+                "--input",
+                data,
+                "--output-prefix",
+                str(out),
+                "--vocab-size",
+                "500",
+                "--metadata-variants",
+                "full,url_only,none",
+                "--max-documents",
+                "40",
+            ]
+        )
+        == 0
+    )
     assert out.exists() and (tmp_path / "out" / "tok.vocab").exists()
     assert not [p for p in os.listdir(tmp_path / "out") if ".tmp" in p]
     tok = load_tokenizer("SentencePieceTokenizer", str(out))

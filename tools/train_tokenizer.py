@@ -1,5 +1,8 @@
 #!/usr/bin/env python
-"""Train a SentencePiece model on metadata-formatted documents: same as ``megatron-meta train-tokenizer``."""
+"""Train a SentencePiece model on metadata-formatted documents.
+
+Same as ``megatron-meta train-tokenizer``; see ``megatron_meta/tokenizer/train.py``.
+"""
 
 import sys
 

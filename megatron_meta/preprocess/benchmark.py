@@ -106,8 +106,10 @@ def time_upstream(jsonl: str, model: str, variants: List[str], workers: int, out
 
     start = time.perf_counter()
     pool = multiprocessing.get_context("fork").Pool(workers, _upstream_init, (model, variants))
-    builders = {v: IndexedDatasetBuilder(os.path.join(out_dir, f"up_{v}.bin"), dtype=np.uint16)
-                for v in variants}
+    builders = {
+        v: IndexedDatasetBuilder(os.path.join(out_dir, f"up_{v}.bin"), dtype=np.uint16)
+        for v in variants
+    }
     with open(jsonl, encoding="utf-8") as fin:
         for doc, _ in pool.imap(_upstream_encode, fin, 32):
             for v in variants:
@@ -126,9 +128,15 @@ def time_ours(jsonl: str, model: str, variants: List[str], workers: int, out_dir
     from megatron_meta.preprocess.runner import PreprocessConfig, run_preprocess
 
     config = PreprocessConfig(
-        corpus=CorpusSpec(inputs=[jsonl]), output_prefix=os.path.join(out_dir, "ours"),
-        tokenizer_type="SentencePieceTokenizer", tokenizer_model=model, variants=variants,
-        append_eod=True, workers=workers, progress_bar=False, log_interval=10**9,
+        corpus=CorpusSpec(inputs=[jsonl]),
+        output_prefix=os.path.join(out_dir, "ours"),
+        tokenizer_type="SentencePieceTokenizer",
+        tokenizer_model=model,
+        variants=variants,
+        append_eod=True,
+        workers=workers,
+        progress_bar=False,
+        log_interval=10**9,
     )
     start = time.perf_counter()
     run_preprocess(config)
@@ -148,7 +156,7 @@ def _bound_encode(span: Tuple[int, int]) -> int:
     sp, texts = _BOUND["sp"], _BOUND["texts"]
     lo, hi = span
     for i in range(lo, hi, 512):
-        sp.encode(texts[i:min(i + 512, hi)], num_threads=1, return_type="numpy")
+        sp.encode(texts[i : min(i + 512, hi)], num_threads=1, return_type="numpy")
     return hi - lo
 
 
@@ -161,8 +169,14 @@ def time_bound(texts: List[str], model: str, workers: int) -> float:
     sizes = [0]
     for t in texts:
         sizes.append(sizes[-1] + len(t))
-    cuts = [0] + [next(i for i, s in enumerate(sizes) if s >= sizes[-1] * k / workers)
-                  for k in range(1, workers)] + [len(texts)]
+    cuts = (
+        [0]
+        + [
+            next(i for i, s in enumerate(sizes) if s >= sizes[-1] * k / workers)
+            for k in range(1, workers)
+        ]
+        + [len(texts)]
+    )
     with multiprocessing.get_context("fork").Pool(workers, _bound_init, (model,)) as pool:
         pool.map(len, [[]] * workers)  # workers are up and have loaded the model
         start = time.perf_counter()
@@ -242,21 +256,28 @@ def machine() -> str:
             cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return (f"{cpu}, {os.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.0f} GiB RAM, "
-            f"Python {platform.python_version()}, load average at start "
-            f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    return (
+        f"{cpu}, {os.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.0f} GiB RAM, "
+        f"Python {platform.python_version()}, load average at start "
+        f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="benchmark_preprocess.py", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="benchmark_preprocess.py", description=__doc__.split("\n\n")[0]
+    )
     p.add_argument("--min-mb", type=float, default=50.0, help="formatted text of the 1x input")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--vocab-size", type=int, default=16000)
     p.add_argument("--repeats", type=int, default=3, help="best of N for each timing")
     p.add_argument("--work-dir", help="keep inputs and the tokenizer here (default: a temp dir)")
     p.add_argument("--quick", action="store_true", help="smoke run: 3 MB, one repeat")
-    p.add_argument("--skip-upstream-all", action="store_true",
-                   help="skip the (slow) upstream run with all seven variants")
+    p.add_argument(
+        "--skip-upstream-all",
+        action="store_true",
+        help="skip the (slow) upstream run with all seven variants",
+    )
     return p
 
 
@@ -272,7 +293,10 @@ def main(argv: List[str]) -> int:
     os.makedirs(work, exist_ok=True)
     out_dir = os.path.join(work, "out")
     docs = news_documents()
-    x1, x2 = os.path.join(work, f"news_{args.min_mb:g}mb.jsonl"), os.path.join(work, f"news_{2 * args.min_mb:g}mb.jsonl")
+    x1, x2 = (
+        os.path.join(work, f"news_{args.min_mb:g}mb.jsonl"),
+        os.path.join(work, f"news_{2 * args.min_mb:g}mb.jsonl"),
+    )
     n_docs, n_bytes = replicate(docs, x1, int(args.min_mb * 1e6))
     replicate(docs, x2, int(2 * args.min_mb * 1e6))
     model = os.path.join(work, f"sp_bpe_{args.vocab_size}.model")
@@ -280,9 +304,11 @@ def main(argv: List[str]) -> int:
         train_sentencepiece((format_document(d, "full") for d in docs), model[:-6], args.vocab_size)
     texts = [format_document(d, "full") for d in read_jsonl_documents(x1)]
     print(f"machine: {machine()}")
-    print(f"input: {n_docs} documents, {n_bytes / 1e6:.1f} MB of formatted text "
-          f"({os.path.getsize(x1) / 1e6:.1f} MB JSONL); tokenizer: SentencePiece BPE "
-          f"{args.vocab_size}; workers: {args.workers}; best of {args.repeats}")
+    print(
+        f"input: {n_docs} documents, {n_bytes / 1e6:.1f} MB of formatted text "
+        f"({os.path.getsize(x1) / 1e6:.1f} MB JSONL); tokenizer: SentencePiece BPE "
+        f"{args.vocab_size}; workers: {args.workers}; best of {args.repeats}"
+    )
 
     def fresh() -> str:
         shutil.rmtree(out_dir, ignore_errors=True)
@@ -306,37 +332,73 @@ def main(argv: List[str]) -> int:
                 wall[key], cpu[key] = w, c
     if not args.skip_upstream_all:
         wall["upstream_7"], cpu["upstream_7"] = measure(
-            lambda: time_upstream(x1, model, all_v, args.workers, fresh()))
-    del texts
+            lambda: time_upstream(x1, model, all_v, args.workers, fresh())
+        )
 
-    rows = [("tokenizer-only bound", "bound"), ("ours, 1 variant", "ours_1"),
-            ("upstream approach, 1 variant", "upstream_1"), ("ours, 7 variants", "ours_7"),
-            ("upstream approach, 7 variants", "upstream_7")]
-    print("\n| run | wall s | docs/s | MB/s | throughput vs bound | CPU s (all processes) |"
-          "\n|---|---:|---:|---:|---:|---:|")
+    rows = [
+        ("tokenizer-only bound", "bound"),
+        ("ours, 1 variant", "ours_1"),
+        ("upstream approach, 1 variant", "upstream_1"),
+        ("ours, 7 variants", "ours_7"),
+        ("upstream approach, 7 variants", "upstream_7"),
+    ]
+    print(
+        "\n| run | wall s | docs/s | MB/s | throughput vs bound | CPU s (all processes) |"
+        "\n|---|---:|---:|---:|---:|---:|"
+    )
     for label, key in rows:
         if key in wall:
             s = wall[key]
-            print(f"| {label} | {s:.2f} | {n_docs / s:,.0f} | {n_bytes / 1e6 / s:.2f} | "
-                  f"{wall['bound'] / s:.3f} | {cpu[key]:.1f} |")
-    print(f"\nours 1 variant / bound throughput: {wall['bound'] / wall['ours_1']:.3f} (target >= 0.95); "
-          f"CPU-time ratio bound / ours: {cpu['bound'] / cpu['ours_1']:.3f}")
-    print(f"ours 1 variant / upstream 1 variant throughput: {wall['upstream_1'] / wall['ours_1']:.2f}x")
-    print(f"ours 7 variants / ours 1 variant time: {wall['ours_7'] / wall['ours_1']:.2f} "
-          f"(target <= 1.3); CPU: {cpu['ours_7'] / cpu['ours_1']:.2f}")
+            print(
+                f"| {label} | {s:.2f} | {n_docs / s:,.0f} | {n_bytes / 1e6 / s:.2f} | "
+                f"{wall['bound'] / s:.3f} | {cpu[key]:.1f} |"
+            )
+    print(
+        f"\nours 1 variant / bound throughput: {wall['bound'] / wall['ours_1']:.3f} "
+        "(target >= 0.95); "
+        f"CPU-time ratio bound / ours: {cpu['bound'] / cpu['ours_1']:.3f}"
+    )
+    print(
+        "ours 1 variant / upstream 1 variant throughput: "
+        f"{wall['upstream_1'] / wall['ours_1']:.2f}x"
+    )
+    print(
+        f"ours 7 variants / ours 1 variant time: {wall['ours_7'] / wall['ours_1']:.2f} "
+        f"(target <= 1.3); CPU: {cpu['ours_7'] / cpu['ours_1']:.2f}"
+    )
     if "upstream_7" in wall:
-        print(f"upstream 7 variants / upstream 1 variant time: {wall['upstream_7'] / wall['upstream_1']:.2f}")
+        print(
+            "upstream 7 variants / upstream 1 variant time: "
+            f"{wall['upstream_7'] / wall['upstream_1']:.2f}"
+        )
     print(f"load average at end: {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
-    cli = [sys.executable, "-m", "megatron_meta.cli", "preprocess", "--tokenizer-type",
-           "SentencePieceTokenizer", "--tokenizer-model", model, "--metadata-variants", "full",
-           "--append-eod", "--workers", str(args.workers), "--no-progress"]
-    print("\n| input | peak RSS main (MB) | peak RSS sum of processes (MB) | peak PSS sum (MB) |"
-          "\n|---|---:|---:|---:|")
+    cli = [
+        sys.executable,
+        "-m",
+        "megatron_meta.cli",
+        "preprocess",
+        "--tokenizer-type",
+        "SentencePieceTokenizer",
+        "--tokenizer-model",
+        model,
+        "--metadata-variants",
+        "full",
+        "--append-eod",
+        "--workers",
+        str(args.workers),
+        "--no-progress",
+    ]
+    print(
+        "\n| input | peak RSS main (MB) | peak RSS sum of processes (MB) | peak PSS sum (MB) |"
+        "\n|---|---:|---:|---:|"
+    )
     for label, path in (("1x", x1), ("2x", x2)):
         m = peak_memory(cli + ["--input", path, "--output-prefix", os.path.join(fresh(), "mem")])
-        print(f"| {label} ({os.path.getsize(path) / 1e6:.0f} MB JSONL) | {m['main_rss']:.0f} | "
-              f"{m['tree_rss']:.0f} | {m['tree_pss']:.0f} |")
+        print(
+            f"| {label} ({os.path.getsize(path) / 1e6:.0f} MB JSONL) | {m['main_rss']:.0f} | "
+            f"{m['tree_rss']:.0f} | {m['tree_pss']:.0f} |"
+        )
     shutil.rmtree(out_dir, ignore_errors=True)
     if not args.work_dir:
         shutil.rmtree(work, ignore_errors=True)

@@ -44,33 +44,73 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--output-prefix", required=True, help="path prefix of every output file")
     g.add_argument("--tokenizer-type", required=True, choices=sorted(TOKENIZER_TYPES))
     g.add_argument("--tokenizer-model", required=True, help="model file or directory")
-    g.add_argument("--workers", type=int, default=1,
-                   help="encoding processes (0: encode in the main process)")
-    g.add_argument("--partitions", type=int, default=1,
-                   help="accepted for compatibility; input is streamed, so partitioning is unneeded")
+    g.add_argument(
+        "--workers", type=int, default=1, help="encoding processes (0: encode in the main process)"
+    )
+    g.add_argument(
+        "--partitions",
+        type=int,
+        default=1,
+        help="accepted for compatibility; input is streamed, so partitioning is unneeded",
+    )
     g.add_argument("--append-eod", action="store_true", help="end every document with the EOD id")
-    g.add_argument("--split-sentences", action="store_true",
-                   help="one sequence per sentence (offline punkt learned from the corpus)")
-    g.add_argument("--keep-newlines", action="store_true",
-                   help="accepted for compatibility; newlines are always kept (texts are exact)")
+    g.add_argument(
+        "--split-sentences",
+        action="store_true",
+        help="one sequence per sentence (offline punkt learned from the corpus)",
+    )
+    g.add_argument(
+        "--keep-newlines",
+        action="store_true",
+        help="accepted for compatibility; newlines are always kept (texts are exact)",
+    )
     g.add_argument("--log-interval", type=int, default=10000, help="log every N documents")
     m = parser.add_argument_group("metadata")
-    m.add_argument("--metadata-variants", default="full",
-                   help=f"comma list of {', '.join(VARIANTS)} (default: full)")
-    m.add_argument("--url-form", choices=URL_FORMS, default="full",
-                   help="URL line holds the full URL or its domain only (MeCo)")
-    m.add_argument("--split-by", choices=SPLIT_BY, default="none",
-                   help="separate shards per continent or country")
+    m.add_argument(
+        "--metadata-variants",
+        default="full",
+        help=f"comma list of {', '.join(VARIANTS)} (default: full)",
+    )
+    m.add_argument(
+        "--url-form",
+        choices=URL_FORMS,
+        default="full",
+        help="URL line holds the full URL or its domain only (MeCo)",
+    )
+    m.add_argument(
+        "--split-by",
+        choices=SPLIT_BY,
+        default="none",
+        help="separate shards per continent or country",
+    )
     h = parser.add_argument_group("held-out data")
-    h.add_argument("--holdout-test", type=int, default=0, metavar="N",
-                   help="exactly N test documents per region, written as JSONL, not to shards")
-    h.add_argument("--holdout-valid-fraction", type=float, default=0.0, metavar="F",
-                   help="expected share F of the remaining documents held out as validation JSONL")
+    h.add_argument(
+        "--holdout-test",
+        type=int,
+        default=0,
+        metavar="N",
+        help="exactly N test documents per region, written as JSONL, not to shards",
+    )
+    h.add_argument(
+        "--holdout-valid-fraction",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="expected share F of the remaining documents held out as validation JSONL",
+    )
     h.add_argument("--seed", type=int, default=1234, help="seed of the held-out split")
-    parser.add_argument("--on-bad-record", choices=("error", "skip"), default="error",
-                        help="stop at the first bad record (error) or skip and count it")
-    parser.add_argument("--shared-body", choices=("auto", "off"), default="auto",
-                        help="auto: tokenize the body once for all variants where proven exact")
+    parser.add_argument(
+        "--on-bad-record",
+        choices=("error", "skip"),
+        default="error",
+        help="stop at the first bad record (error) or skip and count it",
+    )
+    parser.add_argument(
+        "--shared-body",
+        choices=("auto", "off"),
+        default="auto",
+        help="auto: tokenize the body once for all variants where proven exact",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -79,7 +119,9 @@ def config_from_args(args: argparse.Namespace, argv: List[str]) -> PreprocessCon
     from megatron_meta.corpora.registry import corpus_spec_from_args
 
     if args.partitions != 1:
-        logger.warning("--partitions %d ignored: input is streamed with flat memory", args.partitions)
+        logger.warning(
+            "--partitions %d ignored: input is streamed with flat memory", args.partitions
+        )
     if args.keep_newlines:
         logger.info("--keep-newlines: newlines are always kept")
     if args.log_interval <= 0:
@@ -122,8 +164,10 @@ def main(argv: List[str]) -> int:
         f"({result.text_bytes / max(result.seconds, 1e-9) / 1e6:.2f} MB/s of text)",
     ]
     for s in result.manifest.shards:
-        summary.append(f"  {s.variant:<15} {s.region or '-':<10} {s.documents:>9} docs "
-                       f"{s.tokens:>12} tokens  {s.prefix}")
+        summary.append(
+            f"  {s.variant:<15} {s.region or '-':<10} {s.documents:>9} docs "
+            f"{s.tokens:>12} tokens  {s.prefix}"
+        )
     for h in result.manifest.holdout:
         summary.append(f"  {h.split:<15} {h.region or '-':<10} {h.documents:>9} docs  {h.path}")
     if result.manifest.skipped:

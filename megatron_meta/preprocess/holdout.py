@@ -1,4 +1,4 @@
-"""Which documents are held out of the training shards (``--holdout-test``, ``--holdout-valid-fraction``).
+"""Held-out documents (``--holdout-test``, ``--holdout-valid-fraction``), kept out of shards.
 
 Deterministic and streaming:
 
@@ -101,6 +101,9 @@ class HoldoutSelector:
         """The split of the document at ``position`` of the stream (same order as :meth:`scan`)."""
         if position in self._test:
             return "test"
-        if self._valid_below and document_key(self.config.seed, "valid", doc_id) < self._valid_below:
+        if (
+            self._valid_below
+            and document_key(self.config.seed, "valid", doc_id) < self._valid_below
+        ):
             return "valid"
         return None

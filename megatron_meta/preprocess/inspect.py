@@ -32,8 +32,10 @@ def _strip_ext(prefix: str) -> str:
 def find_manifest(prefix: str, explicit: Optional[str]) -> Optional[Manifest]:
     """The manifest listing ``prefix``: ``explicit``, else one in the shard's folder."""
     target = os.path.abspath(prefix)
-    candidates = [explicit] if explicit else sorted(
-        glob.glob(os.path.join(os.path.dirname(target), "*.manifest.json"))
+    candidates = (
+        [explicit]
+        if explicit
+        else sorted(glob.glob(os.path.join(os.path.dirname(target), "*.manifest.json")))
     )
     for path in candidates:
         manifest = load_manifest(path)
@@ -47,7 +49,9 @@ def find_manifest(prefix: str, explicit: Optional[str]) -> Optional[Manifest]:
 def _open(prefix: str):
     for ext in (".bin", ".idx"):
         if not os.path.isfile(prefix + ext):
-            raise DataError(f"{prefix}{ext}: not found; give the shard prefix (path without .bin/.idx)")
+            raise DataError(
+                f"{prefix}{ext}: not found; give the shard prefix (path without .bin/.idx)"
+            )
     from megatron.core.datasets.indexed_dataset import IndexedDataset
 
     try:
@@ -77,7 +81,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: List[str]) -> int:
     from megatron_meta.tokenizer import decode, load_tokenizer
-
     from megatron_meta.tokenizer.load import quiet_megatron_logs
 
     quiet_megatron_logs()
@@ -94,15 +97,24 @@ def main(argv: List[str]) -> int:
         f"dtype: {np.dtype(dataset.index.dtype).name}",
     ]
     if len(lengths):
-        out.append(f"sequence length: min {lengths.min()} mean {lengths.mean():.1f} max {lengths.max()}")
+        out.append(
+            f"sequence length: min {lengths.min()} mean {lengths.mean():.1f} max {lengths.max()}"
+        )
     sidecar = None
     if os.path.isfile(prefix + SIDECAR_SUFFIX):
         sidecar = np.load(prefix + SIDECAR_SUFFIX)
-        out.append(f"metadata tokens: {int(sidecar.sum())} ({sidecar.mean() if len(sidecar) else 0:.1f} per document)")
+        out.append(
+            f"metadata tokens: {int(sidecar.sum())} "
+            f"({sidecar.mean() if len(sidecar) else 0:.1f} per document)"
+        )
     manifest = find_manifest(prefix, args.manifest)
     if manifest is not None:
-        entry = next(s for s in manifest.shards if os.path.abspath(s.prefix) == os.path.abspath(prefix))
-        out.append(f"variant: {entry.variant}  region: {entry.region or '-'}  manifest: {manifest.path}")
+        entry = next(
+            s for s in manifest.shards if os.path.abspath(s.prefix) == os.path.abspath(prefix)
+        )
+        out.append(
+            f"variant: {entry.variant}  region: {entry.region or '-'}  manifest: {manifest.path}"
+        )
     print("\n".join(out))
     if args.tokenizer_type or args.tokenizer_model:
         if not (args.tokenizer_type and args.tokenizer_model):
@@ -117,11 +129,15 @@ def main(argv: List[str]) -> int:
         raise ConfigError(f"--document {args.document}: the shard has documents 0..{documents - 1}")
     ids, seq_lengths = document_tokens(dataset, args.document)
     meta = int(sidecar[args.document]) if sidecar is not None else 0
-    print(f"\n--- document {args.document}: {len(ids)} tokens in {len(seq_lengths)} sequence(s), "
-          f"{meta} metadata tokens ---")
+    print(
+        f"\n--- document {args.document}: {len(ids)} tokens in {len(seq_lengths)} sequence(s), "
+        f"{meta} metadata tokens ---"
+    )
     if meta:
         print(f"[metadata] {decode(tokenizer, ids[:meta])!r}")
     text = decode(tokenizer, ids[meta:])
-    suffix = f"... [{len(text) - args.max_chars} more characters]" if len(text) > args.max_chars else ""
+    suffix = (
+        f"... [{len(text) - args.max_chars} more characters]" if len(text) > args.max_chars else ""
+    )
     sys.stdout.write(text[: args.max_chars] + suffix + "\n")
     return 0

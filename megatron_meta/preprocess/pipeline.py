@@ -26,7 +26,6 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 from megatron_meta.corpora.records import Document
-from megatron_meta.tokenizer.batch import LibraryEncoder
 from megatron_meta.metadata.formatting import (
     CONTENT_MARKER,
     VARIANTS,
@@ -34,6 +33,7 @@ from megatron_meta.metadata.formatting import (
     metadata_prefix,
     url_domain,
 )
+from megatron_meta.tokenizer.batch import LibraryEncoder
 
 logger = logging.getLogger(__name__)
 
@@ -199,7 +199,9 @@ class DocumentEncoder:
         out: Dict[str, EncodedVariant] = {}
         for variant in self.config.variants:
             prefixes = [
-                np.concatenate([table[x] for x in ls]) if len(ls) > 1 else (table[ls[0]] if ls else empty)
+                np.concatenate([table[x] for x in ls])
+                if len(ls) > 1
+                else (table[ls[0]] if ls else empty)
                 for ls in lines[variant]
             ]
             out[variant] = self._assemble(prefixes, seq_ids, counts)
@@ -252,17 +254,18 @@ class DocumentEncoder:
 
 
 # -- worker process glue ----------------------------------------------------------------------
-# One encoder per worker process, built by the pool initializer (the standard Pool pattern).
+# One encoder per worker process, built by the pool initializer (the usual Pool pattern).
 _WORKER: Optional[DocumentEncoder] = None
 
 
-def init_worker(config: EncoderConfig) -> None:
+def init_worker_from_queue(configs) -> None:
+    """Pool initializer: wait for this worker's :class:`EncoderConfig` on ``configs``."""
     import signal
 
     # Ctrl-C is handled by the main process, which terminates the pool and removes temp files.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     global _WORKER
-    _WORKER = DocumentEncoder(config)
+    _WORKER = DocumentEncoder(configs.get())
 
 
 def encode_chunk(task):

@@ -46,5 +46,8 @@ class Progress:
         docs_s, mbps = self._rates(documents, text_bytes)
         logger.info(
             "encoded %d documents in %.1f s (%.0f docs/s, %.2f MB/s of text)",
-            documents, time.perf_counter() - self._start, docs_s, mbps,
+            documents,
+            time.perf_counter() - self._start,
+            docs_s,
+            mbps,
         )

@@ -1,22 +1,21 @@
 """One preprocessing run: read -> hold out -> encode in workers -> write shards -> manifest.
 
 The main process streams documents from the corpus reader, routes held-out ones to JSONL, groups
-the rest per region into chunks (about ``chunk_bytes`` of text each) and hands chunks to a pool of
-worker processes, at most ``2 x workers`` in flight, so memory stays bounded whatever the corpus
-size (``Pool.imap`` would read the whole input ahead). Results are written in submission order,
-which is fixed by the input alone: the same input gives byte-identical shards with any number of
-workers.
+the rest per region into chunks (about ``chunk_bytes`` of text each) and hands chunks to worker
+processes (:mod:`~megatron_meta.preprocess.workers`), a bounded number in flight, so memory stays
+flat whatever the corpus size. Results are written in submission order, which is fixed by the
+input alone: the same input gives byte-identical shards with any number of workers.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import logging
-import multiprocessing
 import os
 import time
-from typing import Callable, Deque, Dict, Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 from megatron_meta.corpora.bad_records import BadRecords
 from megatron_meta.corpora.records import Document
@@ -31,9 +30,10 @@ from megatron_meta.preprocess.manifest import (
     TokenizerInfo,
     write_manifest,
 )
-from megatron_meta.preprocess.pipeline import DocumentEncoder, EncoderConfig, encode_chunk, init_worker
+from megatron_meta.preprocess.pipeline import DocumentEncoder, EncoderConfig
 from megatron_meta.preprocess.progress import Progress
 from megatron_meta.preprocess.sharing import choose_shared_body, sample_documents
+from megatron_meta.preprocess.workers import WorkerPool
 from megatron_meta.preprocess.writer import OutputSet, token_dtype
 
 logger = logging.getLogger(__name__)
@@ -115,8 +115,6 @@ def holdout_path(output_prefix: str, split: str, region: Optional[str]) -> str:
 
 def run_preprocess(config: PreprocessConfig) -> PreprocessResult:
     """Run preprocessing end to end; raises MegatronMetaError subclasses on user errors."""
-    from megatron_meta.tokenizer import load_tokenizer
-
     if config.split_by not in SPLIT_BY:
         raise ConfigError(f"--split-by {config.split_by!r}: choose from {', '.join(SPLIT_BY)}")
     if config.workers < 0:
@@ -125,8 +123,16 @@ def run_preprocess(config: PreprocessConfig) -> PreprocessResult:
     # One thread per worker process: the workers are the parallelism.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     out_dir = os.path.dirname(os.path.abspath(config.output_prefix))
-    if not os.path.isdir(out_dir):
-        os.makedirs(out_dir, exist_ok=True)
+    os.makedirs(out_dir, exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        # Workers first, while this process is still small (see workers.py).
+        pool = stack.enter_context(WorkerPool(config.workers)) if config.workers > 0 else None
+        return _run(config, pool)
+
+
+def _run(config: PreprocessConfig, pool: Optional[WorkerPool]) -> PreprocessResult:
+    from megatron_meta.tokenizer import load_tokenizer
+
     tokenizer = load_tokenizer(config.tokenizer_type, config.tokenizer_model)
     if config.append_eod and tokenizer.eod is None:
         raise ConfigError(
@@ -162,9 +168,11 @@ def run_preprocess(config: PreprocessConfig) -> PreprocessResult:
     enc_config.shared_body, enc_config.library = choose_shared_body(
         tokenizer, enc_config, sample, allow=config.shared_body == "auto"
     )
+    if pool is not None:
+        pool.configure(enc_config)
     outputs = OutputSet(config.output_prefix + ".manifest.json")
     try:
-        counts = _encode_and_write(config, enc_config, tokenizer, stream, selector, outputs)
+        counts = _encode_and_write(config, enc_config, tokenizer, stream, selector, outputs, pool)
         manifest = _build_manifest(config, tokenizer, outputs, bad, dtype)
         outputs.commit(lambda: write_manifest(manifest, outputs.manifest_path))
     except BaseException:
@@ -221,6 +229,7 @@ def _encode_and_write(
     stream: Iterator[Document],
     selector: HoldoutSelector,
     outputs: OutputSet,
+    pool: Optional[WorkerPool],
 ) -> Dict[str, float]:
     counts: Dict[str, float] = collections.defaultdict(int)
     dtype = token_dtype(tokenizer.vocab_size)
@@ -236,38 +245,15 @@ def _encode_and_write(
         progress.update(n, counts["text_bytes"])
 
     chunks = _chunks(config, stream, selector, outputs, counts)
-    if config.workers == 0:
+    if pool is None:
         encoder = DocumentEncoder(enc_config, tokenizer)
         for region, docs in chunks:
             write(region, encoder.encode(docs))
     else:
-        _run_pool(config.workers, enc_config, chunks, write)
+        pool.run(chunks, write)
     progress.close(counts["documents"], counts["text_bytes"])
     counts["seconds"] = time.perf_counter() - start
     return counts
-
-
-def _run_pool(workers: int, enc_config: EncoderConfig, chunks, write: Callable) -> None:
-    """Encode chunks in worker processes, at most ``2 x workers`` in flight, results in order.
-
-    Workers are spawned, not forked: a fork would copy the main process's torch/megatron-core
-    state (hundreds of MB of RSS each) and Rust/OpenMP thread pools that do not survive a fork.
-    """
-    ctx = multiprocessing.get_context("spawn")
-    window = 2 * workers
-    pool = ctx.Pool(workers, initializer=init_worker, initargs=(enc_config,))
-    try:
-        in_flight: Deque = collections.deque()
-        for task in chunks:
-            in_flight.append(pool.apply_async(encode_chunk, (task,)))
-            if len(in_flight) >= window:
-                write(*in_flight.popleft().get())
-        while in_flight:
-            write(*in_flight.popleft().get())
-        pool.close()
-    finally:
-        pool.terminate()
-        pool.join()
 
 
 def _build_manifest(
@@ -288,8 +274,12 @@ def _build_manifest(
         )
     ]
     holdout = [
-        HoldoutEntry(path=os.path.abspath(w.path), split=split, region=region, documents=w.documents)
-        for (split, region), w in sorted(outputs.holdouts.items(), key=lambda kv: (kv[0][0], kv[0][1] or ""))
+        HoldoutEntry(
+            path=os.path.abspath(w.path), split=split, region=region, documents=w.documents
+        )
+        for (split, region), w in sorted(
+            outputs.holdouts.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")
+        )
     ]
     if not shards:
         raise ConfigError("no training documents were written; check --input and the holdout flags")

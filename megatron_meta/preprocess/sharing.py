@@ -34,7 +34,9 @@ CHECK_CHARS = 400
 PUNKT_SAMPLE_CHARS = 2_000_000
 
 
-def sample_documents(stream: Iterator[Document], for_punkt: bool) -> Tuple[List[Document], Iterator[Document]]:
+def sample_documents(
+    stream: Iterator[Document], for_punkt: bool
+) -> Tuple[List[Document], Iterator[Document]]:
     """Take the first documents for the startup checks; returns them and the unchanged stream."""
     sample: List[Document] = []
     chars = 0
@@ -48,18 +50,38 @@ def sample_documents(stream: Iterator[Document], for_punkt: bool) -> Tuple[List[
 
 def boundary_cases() -> List[Document]:
     """Crafted documents around the metadata/body boundary."""
-    urls = ["https://a.example/x/", "http://b.example/p?id=7", "https://c.example/2024/01/31",
-            "https://d.example/caf\u00e9", "https://e.example/a.html", "www.f.example", ""]
-    titles = ["Plain title", " leading space", "\"Quoted\" title", "2024: numbers first",
-              "...dots", "\u00c9t\u00e9 \u2014 unicode", ""]
+    urls = [
+        "https://a.example/x/",
+        "http://b.example/p?id=7",
+        "https://c.example/2024/01/31",
+        "https://d.example/caf\u00e9",
+        "https://e.example/a.html",
+        "www.f.example",
+        "",
+    ]
+    titles = [
+        "Plain title",
+        " leading space",
+        '"Quoted" title',
+        "2024: numbers first",
+        "...dots",
+        "\u00c9t\u00e9 \u2014 unicode",
+        "",
+    ]
     docs = []
     for i, (url, title) in enumerate(itertools.product(urls, titles)):
-        docs.append(Document(
-            id=f"boundary-{i}", url=url, country=["ng", "gb", "us", "in"][i % 4],
-            continent=["Africa", "Europe", "America", "Asia"][i % 4], title=title,
-            text=" Body starts with a space.\n\nSecond paragraph: 3 items; done." if i % 2 else
-            "Body text. Another sentence!\nA new line.",
-        ))
+        docs.append(
+            Document(
+                id=f"boundary-{i}",
+                url=url,
+                country=["ng", "gb", "us", "in"][i % 4],
+                continent=["Africa", "Europe", "America", "Asia"][i % 4],
+                title=title,
+                text=" Body starts with a space.\n\nSecond paragraph: 3 items; done."
+                if i % 2
+                else "Body text. Another sentence!\nA new line.",
+            )
+        )
     return docs
 
 
@@ -96,7 +118,9 @@ def choose_shared_body(
         if not same:
             logger.warning(
                 "shared-body ids differ from full-text ids for variant %s despite the proof (%s); "
-                "encoding each full text instead", variant, reason,
+                "encoding each full text instead",
+                variant,
+                reason,
             )
             return False, library
     logger.info("body encoded once for %d variant(s): %s", len(config.variants), reason)

@@ -68,7 +68,9 @@ class ShardWriter:
         """Append a chunk of documents."""
         assert encoded.tokens.dtype == self.dtype, (encoded.tokens.dtype, self.dtype)
         self._streams["bin"].write(memoryview(encoded.tokens))
-        self._streams["lengths"].write(encoded.sequence_lengths.astype(np.int32, copy=False).tobytes())
+        self._streams["lengths"].write(
+            encoded.sequence_lengths.astype(np.int32, copy=False).tobytes()
+        )
         ends = self.sequences + np.cumsum(encoded.document_sequences, dtype=np.int64)
         self._streams["docs"].write(ends.tobytes())
         self._streams["meta"].write(encoded.metadata_tokens.astype(np.int32, copy=False).tobytes())

@@ -1,4 +1,4 @@
-"""Tokenizers: megatron-core's tokenizer library by Megatron-LM names, and SentencePiece training."""
+"""Tokenizers: megatron-core's tokenizer library by Megatron-LM name; SentencePiece training."""
 
 from megatron_meta.tokenizer.load import TOKENIZER_TYPES, decode, load_tokenizer
 

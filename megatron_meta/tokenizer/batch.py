@@ -71,7 +71,9 @@ class LibraryEncoder:
             try:
                 return self.inner.encode(texts, num_threads=1, return_type="numpy")
             except (TypeError, ValueError):  # sentencepiece < 0.2.1: lists only
-                return [np.asarray(i, dtype=np.int32) for i in self.inner.encode(texts, num_threads=1)]
+                return [
+                    np.asarray(i, dtype=np.int32) for i in self.inner.encode(texts, num_threads=1)
+                ]
         if self.kind == "tiktoken-batch":
             batches = self.inner.encode_batch(texts, num_threads=1, allowed_special="all")
             return [np.asarray(ids, dtype=np.int32) for ids in batches]
@@ -128,7 +130,7 @@ class BatchEncoder:
         return [np.asarray(self.tokenizer.tokenize(t), dtype=np.int32) for t in texts]
 
     def verify(self, texts: Sequence[str]) -> bool:
-        """Compare with ``tokenize`` on ``texts``; on any difference use ``tokenize`` from now on."""
+        """Compare with ``tokenize`` on ``texts``; on a difference, use ``tokenize`` from now on."""
         if self.library is None or not texts:
             return True
         for text, ids in zip(texts, self.library(list(texts))):
@@ -180,7 +182,10 @@ def _sentencepiece_proof(inner) -> Tuple[bool, str]:
     newline_pieces = [p for p in proto.pieces if "\n" in p.piece]
     user_defined = model_pb2.ModelProto.SentencePiece.USER_DEFINED
     if [(p.piece, p.type) for p in newline_pieces] != [("\n", user_defined)]:
-        return False, "'\\n' is not a single user-defined piece (train with megatron-meta train-tokenizer)"
+        return (
+            False,
+            "'\\n' is not a single user-defined piece (train with megatron-meta train-tokenizer)",
+        )
     return True, "SentencePiece BPE with '\\n' as an atomic user-defined piece"
 
 
@@ -201,7 +206,11 @@ def _huggingface_proof(inner) -> Tuple[bool, str]:
         return False, "pre-tokenizer does not start with a regex Split"
     first = steps[0]
     pattern = (first.get("pattern") or {}).get("Regex")
-    if pattern not in NEWLINE_SAFE_PATTERNS or first.get("invert") or first.get("behavior") != "Isolated":
+    if (
+        pattern not in NEWLINE_SAFE_PATTERNS
+        or first.get("invert")
+        or first.get("behavior") != "Isolated"
+    ):
         return False, "pre-tokenizer regex is not one of the newline-safe patterns"
     for step in steps[1:]:
         if step.get("type") != "ByteLevel" or step.get("use_regex") or step.get("add_prefix_space"):

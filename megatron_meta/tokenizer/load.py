@@ -76,7 +76,9 @@ def load_tokenizer(tokenizer_type: str, tokenizer_model: str, **options: Any):
 
     metadata = {"library": library, "model_type": "gpt"}
     try:
-        return MegatronTokenizer.from_pretrained(tokenizer_path=path, metadata_path=metadata, **kwargs)
+        return MegatronTokenizer.from_pretrained(
+            tokenizer_path=path, metadata_path=metadata, **kwargs
+        )
     except (ValueError, OSError, RuntimeError, AssertionError) as e:
         raise ConfigError(
             f"--tokenizer-model {tokenizer_model}: cannot load as {tokenizer_type} ({e})"

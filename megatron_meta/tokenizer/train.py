@@ -87,7 +87,9 @@ def train_sentencepiece(
     if model_type not in MODEL_TYPES:
         raise ConfigError(f"--model-type {model_type!r}: choose from {', '.join(MODEL_TYPES)}")
     if vocab_size < 300:
-        raise ConfigError(f"--vocab-size {vocab_size}: needs at least 300 (256 byte pieces + specials)")
+        raise ConfigError(
+            f"--vocab-size {vocab_size}: needs at least 300 (256 byte pieces + specials)"
+        )
     out_dir = os.path.dirname(os.path.abspath(model_prefix))
     os.makedirs(out_dir, exist_ok=True)
     tmp_prefix = f"{model_prefix}.tmp{os.getpid()}"
@@ -153,15 +155,27 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a SentencePiece model on metadata-formatted documents.",
     )
     add_corpus_arguments(parser)
-    parser.add_argument("--output-prefix", "--tokenizer-model", dest="output_prefix", required=True,
-                        help="writes PREFIX.model and PREFIX.vocab (a trailing .model is dropped)")
+    parser.add_argument(
+        "--output-prefix",
+        "--tokenizer-model",
+        dest="output_prefix",
+        required=True,
+        help="writes PREFIX.model and PREFIX.vocab (a trailing .model is dropped)",
+    )
     parser.add_argument("--vocab-size", type=int, default=16000)
     parser.add_argument("--model-type", choices=MODEL_TYPES, default="bpe")
-    parser.add_argument("--metadata-variants", default="full,none",
-                        help="variants to frame documents with; document i uses variant i mod k")
+    parser.add_argument(
+        "--metadata-variants",
+        default="full,none",
+        help="variants to frame documents with; document i uses variant i mod k",
+    )
     parser.add_argument("--url-form", choices=("full", "domain"), default="full")
-    parser.add_argument("--max-documents", type=int, default=None,
-                        help="train on at most this many documents (default: all)")
+    parser.add_argument(
+        "--max-documents",
+        type=int,
+        default=None,
+        help="train on at most this many documents (default: all)",
+    )
     parser.add_argument("--character-coverage", type=float, default=0.9995)
     parser.add_argument("--num-threads", type=int, default=2)
     parser.add_argument("--on-bad-record", choices=("error", "skip"), default="error")
@@ -172,7 +186,6 @@ def main(argv: List[str]) -> int:
     from megatron_meta.corpora.bad_records import BadRecords
     from megatron_meta.corpora.registry import corpus_spec_from_args, iter_documents
     from megatron_meta.metadata.formatting import format_document, parse_variants
-
     from megatron_meta.tokenizer.load import quiet_megatron_logs
 
     quiet_megatron_logs()
@@ -200,5 +213,7 @@ def main(argv: List[str]) -> int:
     )
     if bad.total:
         logger.warning("skipped %d bad records: %s", bad.total, bad.summary())
-    print(f"tokenizer: {path} (use --tokenizer-type SentencePieceTokenizer --tokenizer-model {path})")
+    print(
+        f"tokenizer: {path} (use --tokenizer-type SentencePieceTokenizer --tokenizer-model {path})"
+    )
     return 0
