@@ -23,3 +23,35 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory):
+    """Point megatron-meta's user cache at a temporary folder for the whole session.
+
+    Set once and restored at the end, so no test writes into the real ~/.cache and no module
+    changes the environment for the modules after it.
+    """
+    old = os.environ.get("MEGATRON_META_CACHE")
+    os.environ["MEGATRON_META_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if old is None:
+        os.environ.pop("MEGATRON_META_CACHE", None)
+    else:
+        os.environ["MEGATRON_META_CACHE"] = old
+
+
+@pytest.fixture(scope="session")
+def docs():
+    """The crafted multi-region documents of ``preprocess_fixtures``."""
+    from preprocess_fixtures import make_documents
+
+    return make_documents()
+
+
+@pytest.fixture(scope="session")
+def toks(tmp_path_factory, docs):
+    """Every test tokenizer (SentencePiece, Hugging Face, tiktoken), trained once per session."""
+    from preprocess_fixtures import build_tokenizers
+
+    return build_tokenizers(str(tmp_path_factory.mktemp("toks")), docs)

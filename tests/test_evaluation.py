@@ -19,18 +19,7 @@ from megatron_meta.evaluation.perplexity import (
 from megatron_meta.evaluation.report import format_table
 from megatron_meta.metadata.formatting import VARIANTS, format_document, metadata_prefix
 
-from preprocess_fixtures import TOKENIZER_TYPES, build_tokenizers, make_documents
-
-
-@pytest.fixture(scope="module")
-def docs():
-    return make_documents()
-
-
-@pytest.fixture(scope="module")
-def toks(tmp_path_factory, docs):
-    os.environ["MEGATRON_META_CACHE"] = str(tmp_path_factory.mktemp("cache"))
-    return build_tokenizers(str(tmp_path_factory.mktemp("toks")), docs)
+from preprocess_fixtures import TOKENIZER_TYPES
 
 
 def _codec(toks, name):

@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 import pytest
-from preprocess_fixtures import TOKENIZER_TYPES, build_tokenizers, make_documents, write_jsonl
+from preprocess_fixtures import TOKENIZER_TYPES, make_documents, write_jsonl
 
 from megatron_meta.corpora.records import Document
 from megatron_meta.corpora.registry import CorpusSpec
@@ -17,17 +17,6 @@ from megatron_meta.preprocess.runner import PreprocessConfig, run_preprocess
 from megatron_meta.tokenizer import decode, load_tokenizer
 
 ALL = list(VARIANTS)
-
-
-@pytest.fixture(scope="module")
-def docs():
-    return make_documents()
-
-
-@pytest.fixture(scope="module")
-def toks(tmp_path_factory, docs):
-    os.environ["MEGATRON_META_CACHE"] = str(tmp_path_factory.mktemp("cache"))
-    return build_tokenizers(str(tmp_path_factory.mktemp("toks")), docs)
 
 
 @pytest.fixture(scope="module")

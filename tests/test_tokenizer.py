@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 import pytest
-from preprocess_fixtures import TOKENIZER_TYPES, build_tokenizers, make_documents, write_jsonl
+from preprocess_fixtures import TOKENIZER_TYPES, write_jsonl
 
 from megatron_meta.errors import ConfigError, DataError
 from megatron_meta.metadata.formatting import (
@@ -20,17 +20,6 @@ from megatron_meta.tokenizer import decode, load_tokenizer
 from megatron_meta.tokenizer.batch import NEWLINE_SAFE_PATTERNS, BatchEncoder, prefix_split_proof
 from megatron_meta.tokenizer.train import main as train_main
 from megatron_meta.tokenizer.train import train_sentencepiece
-
-
-@pytest.fixture(scope="module")
-def docs():
-    return make_documents()
-
-
-@pytest.fixture(scope="module")
-def toks(tmp_path_factory, docs):
-    os.environ["MEGATRON_META_CACHE"] = str(tmp_path_factory.mktemp("cache"))
-    return build_tokenizers(str(tmp_path_factory.mktemp("toks")), docs)
 
 
 def _texts(docs):
