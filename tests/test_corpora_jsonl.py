@@ -188,3 +188,16 @@ def test_iter_documents_jsonl_with_continent_map_and_countries(tmp_path):
     docs = list(iter_documents(spec, bad))
     assert [d.id for d in docs] == ["a2", "a3"]
     assert bad.summary() == {"excluded_country": 1}
+
+
+def test_truncated_gzip_names_the_line_after_the_last_complete_one(tmp_path):
+    line = (json.dumps(GOOD) + "\n").encode()
+    data = gzip.compress(line * 200)
+    cut = tmp_path / "cut.jsonl.gz"
+    cut.write_bytes(data[: len(data) - 20])  # the stream ends early, after some whole lines
+    got = []
+    with pytest.raises(DataError, match=r"cut\.jsonl\.gz:\d+: cannot read") as info:
+        for doc in read_jsonl([str(cut)], JsonKeys(), RegionTable.default(), BadRecords("error")):
+            got.append(doc)
+    lineno = int(str(info.value).split(".gz:")[1].split(":")[0])
+    assert 0 < len(got) == lineno - 1 < 200

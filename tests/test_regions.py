@@ -120,3 +120,29 @@ def test_continent_map_bad_json_and_missing_file(tmp_path):
         RegionTable.from_file(str(path))
     with pytest.raises(DataError, match="missing.tsv"):
         RegionTable.from_file(str(tmp_path / "missing.tsv"))
+
+
+def test_normalize_country_cache_gives_the_same_answers():
+    # normalize_country memoizes raw values: repeated and cache-evicting calls must agree with
+    # a fresh table's first answer.
+    from megatron_meta.metadata import regions
+
+    table = RegionTable.default()
+    values = ["U.K.", "Nigeria", "Atlantis", " us ", "IRL", "uk"]
+    first = [table.normalize_country(v) for v in values]
+    assert first == ["gb", "ng", None, "us", "ie", "gb"]
+    assert [table.normalize_country(v) for v in values] == first
+    # Free-text values beyond the cache size: the cache stays bounded.
+    for i in range(regions._NORMALIZED_CACHE_SIZE + 10):
+        assert table.normalize_country(f"nowhere {i}") is None
+    assert len(table._normalized) <= regions._NORMALIZED_CACHE_SIZE
+    assert [table.normalize_country(v) for v in values] == first
+
+
+def test_continent_map_codes_added_after_a_lookup_are_found(tmp_path):
+    # 'xk' is unknown until the map adds it; a cached "unknown" must not survive that.
+    path = tmp_path / "map.tsv"
+    path.write_text("xk\tEurope\nXK\tEurope\n", encoding="utf-8")
+    table = RegionTable.from_file(str(path))
+    assert table.normalize_country("XK") == "xk"
+    assert table.continent_of("xk") == "Europe"

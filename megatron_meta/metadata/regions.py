@@ -304,6 +304,8 @@ _ISO_CONTINENTS, _ALIASES = _parse_iso()
 # Every ISO 3166-1 alpha-2 code -> continent; NOW's mapping wins where they overlap.
 ISO_CONTINENTS: Dict[str, str] = {**_ISO_CONTINENTS, **NOW_CONTINENTS}
 
+_NORMALIZED_CACHE_SIZE = 4096
+
 _HEADER_KEYS = {"country", "cc", "code", "country_code"}
 
 
@@ -320,6 +322,9 @@ class RegionTable:
         #: Codes a user named in a ``--continent-map`` file (readers such as NOW keep them even
         #: when their own default country list would drop them).
         self.explicit: FrozenSet[str] = frozenset(explicit)
+        # Raw value -> result of normalize_country. A corpus spells its countries a few ways, and
+        # this lookup runs once per record in the main process of preprocessing (a regex each).
+        self._normalized: Dict[str, Optional[str]] = {}
 
     @classmethod
     def default(cls) -> "RegionTable":
@@ -375,6 +380,7 @@ class RegionTable:
             if not continent.strip():
                 raise DataError(f"{where}: empty continent for {key!r}")
             table._continents[code] = continent.strip()
+            table._normalized.clear()  # the table changed: earlier answers may be stale
             explicit.append(code)
         return cls(table._continents, explicit)
 
@@ -382,6 +388,17 @@ class RegionTable:
         """Lowercase code of a country code, alpha-3 code or English name; None if unknown."""
         if not isinstance(value, str):
             return None
+        try:
+            return self._normalized[value]
+        except KeyError:
+            pass
+        code = self._normalize(value)
+        if len(self._normalized) >= _NORMALIZED_CACHE_SIZE:  # only with free-text country fields
+            self._normalized.clear()
+        self._normalized[value] = code
+        return code
+
+    def _normalize(self, value: str) -> Optional[str]:
         key = _name_key(value)
         if key in self._continents:
             return key

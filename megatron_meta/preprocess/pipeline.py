@@ -269,7 +269,7 @@ def init_worker_from_queue(configs) -> None:
 
 
 def encode_chunk(task):
-    """Pool task: ``(key, docs)`` -> ``(key, {variant: EncodedVariant})``."""
-    key, docs = task
+    """Pool task: ``(key, document field tuples)`` -> ``(key, {variant: EncodedVariant})``."""
+    key, rows = task
     assert _WORKER is not None, "init_worker was not called"
-    return key, _WORKER.encode(docs)
+    return key, _WORKER.encode([Document(*row) for row in rows])
