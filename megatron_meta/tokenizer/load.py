@@ -92,7 +92,7 @@ def _huggingface_dir(path: str) -> str:
     except ImportError:
         raise ConfigError(
             "--tokenizer-type HuggingFaceTokenizer needs the `transformers` package: "
-            "pip install transformers (or pip install -e '.[lora]')"
+            "pip install transformers (or pip install -e '.[hf]')"
         ) from None
     if os.path.isdir(path):
         return path
