@@ -93,7 +93,7 @@ def repo_file(*parts: str) -> Optional[str]:
 
 def checkpoint_iteration(save: str) -> Optional[int]:
     """Iteration of the latest complete checkpoint under ``save`` (None when there is none)."""
-    from megatron_meta.training.checkpoint import TRACKER, latest_checkpoint
+    from megatron_meta.checkpoints import TRACKER, latest_checkpoint
 
     if not os.path.isdir(save) or latest_checkpoint(save) is None:
         return None

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from megatron_meta.checkpoints import checkpoint_info
+from megatron_meta.checkpoints.load import load_model_for_eval
 from megatron_meta.errors import CheckpointError
 from megatron_meta.evaluation.scoring import score_sequences
 from megatron_meta.models import build_model, get_preset
@@ -139,7 +141,7 @@ def test_load_model_for_eval_and_refusing_another_model(parallel, tmp_path):
     train_steps(model, optimizer, parallel, [5])
     ckpt.save_checkpoint(root, 1, model, optimizer, common())
 
-    eval_model, info = ckpt.load_model_for_eval(root, tp=1)
+    eval_model, info = load_model_for_eval(root, tp=1)
     assert (info.iteration, info.vocab_size, info.seq_length) == (1, VOCAB, SEQ)
     assert info.preset == get_preset("tiny")
     seqs, starts = [list(range(2, 14)), list(range(40, 50))], [1, 4]
@@ -161,7 +163,7 @@ def test_load_model_for_eval_and_refusing_another_model(parallel, tmp_path):
             common()["model_identity"], ckpt.model_identity(get_preset("tiny"), 600), "x"
         )
     with pytest.raises(CheckpointError, match="no checkpoint there"):
-        ckpt.checkpoint_info(str(tmp_path))
+        checkpoint_info(str(tmp_path))
 
 
 def test_weight_decay_skips_norms_and_clipping_uses_the_global_norm(parallel):

@@ -378,7 +378,7 @@ def evaluate_checkpoint(config: PerplexityConfig) -> List[RegionResult]:
     from megatron_meta.evaluation.scoring import make_score_fn
     from megatron_meta.preprocess.manifest import load_manifest
     from megatron_meta.tokenizer.load import load_tokenizer
-    from megatron_meta.training.checkpoint import load_model_for_eval
+    from megatron_meta.checkpoints.load import load_model_for_eval
 
     manifest = load_manifest(config.data_manifest)
     sets = held_out_test_sets(manifest)  # before the model: a data mistake fails fast

@@ -101,6 +101,8 @@ def build_model(
     backend: str = "auto",
     bf16: Optional[bool] = None,
     core_attention: str = "sdpa",
+    init_weights: bool = True,
+    padded_vocab_size: Optional[int] = None,
 ):
     """A ``GPTModel`` for ``preset`` on this rank's device; call after ``initialize_parallel``.
 
@@ -108,6 +110,8 @@ def build_model(
     ``bf16`` defaults to True on GPU and False (fp32) on the CPU; with bf16 the parameters are
     bf16 (megatron's mixed-precision optimizer keeps fp32 main weights). Embeddings are tied only
     if the preset says so. ``core_attention`` applies to the local backend (see :func:`layer_spec`).
+    ``init_weights=False`` skips the random initialization (weights about to be loaded).
+    ``padded_vocab_size`` overrides the padding (a model converted for another TP size).
     """
     from megatron.core import parallel_state
     from megatron.core.models.gpt import GPTModel
@@ -124,8 +128,14 @@ def build_model(
     if bf16 is None:
         bf16 = on_gpu
     chosen = select_backend(backend)
-    config = transformer_config(preset, tp_size=tp_size, bf16=bf16, seq_length=seq_length)
-    padded = pad_vocab_size(vocab_size, tp_size)
+    config = transformer_config(
+        preset,
+        tp_size=tp_size,
+        bf16=bf16,
+        seq_length=seq_length,
+        perform_initialization=init_weights,
+    )
+    padded = padded_vocab_size or pad_vocab_size(vocab_size, tp_size)
     model = GPTModel(
         config=config,
         transformer_layer_spec=layer_spec(chosen, core_attention),

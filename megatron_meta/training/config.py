@@ -38,8 +38,11 @@ def _opt(default: Any, *flags: str, help: str, **extra: Any) -> Any:
 class ModelConfig:
     """Which model to build."""
 
-    preset: str = _opt(
-        "tiny", "--model", help="model preset (megatron_meta.models.presets.PRESETS)"
+    preset: Optional[str] = _opt(
+        None,
+        "--model",
+        help="model preset (megatron_meta.models.presets.PRESETS); when left out, the shape of "
+        "the checkpoint the run starts from (--load, --pretrained-checkpoint), else tiny",
     )
     seq_length: int = _opt(2048, "--seq-length", help="tokens per training sequence")
     transformer_impl: str = _opt(
@@ -172,6 +175,18 @@ class CheckpointConfig:
     )
     save_interval: Optional[int] = _opt(
         None, "--save-interval", help="checkpoint every N iterations (always at the end)"
+    )
+    finetune: bool = _opt(
+        False,
+        "--finetune",
+        help="with --load: load the weights only; iteration, optimizer, schedule and data "
+        "position start afresh (Megatron-LM's flag)",
+    )
+    pretrained_checkpoint: Optional[str] = _opt(
+        None,
+        "--pretrained-checkpoint",
+        help="start a new run from these weights (a train or `convert from-hf` folder) while "
+        "--load holds no checkpoint yet; a requeued job then resumes from --load",
     )
 
 

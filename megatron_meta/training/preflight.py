@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 
+from megatron_meta.checkpoints import checkpoint_info
 from megatron_meta.errors import CheckpointError, ConfigError
 from megatron_meta.metadata.formatting import VARIANTS
 from megatron_meta.models.presets import get_preset
@@ -18,6 +19,7 @@ from megatron_meta.preprocess.manifest import Manifest, load_manifest
 from megatron_meta.training import checkpoint as ckpt
 from megatron_meta.training.config import RunConfig
 from megatron_meta.training.shards import parse_region_weights, select_shards
+from megatron_meta.training.starting_point import check_tokenizer, starting_point
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +27,8 @@ logger = logging.getLogger(__name__)
 def validate(config: RunConfig) -> None:
     """Check values on their own and against each other; raise ConfigError naming the flag."""
     m, d, t, o, c = config.model, config.data, config.training, config.optimizer, config.checkpoint
-    get_preset(m.preset)
+    if m.preset is not None:
+        get_preset(m.preset)
     positive = {
         "--seq-length": m.seq_length,
         "--tensor-model-parallel-size": config.parallel.tensor_model_parallel_size,
@@ -109,7 +112,8 @@ def preflight(config: RunConfig) -> Manifest:
     """Validate the config against the world size, the manifest and ``--load``; return the
     loaded manifest."""
     validate(config)
-    preset = get_preset(config.model.preset)
+    start = starting_point(config)
+    preset = start.preset
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     validate_layout(
         world_size,
@@ -124,10 +128,12 @@ def preflight(config: RunConfig) -> Manifest:
     manifest = load_manifest(config.data.manifest)
     select_shards(manifest, config.data.variant, config.data.exclude_regions)
     load, save = config.checkpoint.load, config.checkpoint.save
-    found = ckpt.latest_checkpoint(load) if load and os.path.isdir(load) else None
-    if found is not None:  # refuse another model's checkpoint before building anything
+    if start.mode != "fresh":  # refuse another model's checkpoint before building anything
+        info = checkpoint_info(start.path)
+        if start.mode == "weights":
+            check_tokenizer(info, manifest, start.flag)
         identity = ckpt.model_identity(preset, manifest.tokenizer.vocab_size)
-        ckpt.check_identity(ckpt.read_common(found)["model_identity"], identity, f"--load {load}")
+        ckpt.check_identity(info.common["model_identity"], identity, start.flag)
     elif load and os.path.abspath(load) != os.path.abspath(save or ""):
         raise CheckpointError(
             f"--load {load}: no checkpoint there; give the --save folder of an earlier run"

@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 
 from megatron_meta.errors import CheckpointError
-from megatron_meta.models import build_model, get_preset
+from megatron_meta.models import build_model
 from megatron_meta.models.build import pad_vocab_size
 from megatron_meta.models.flops import flops_per_iteration, peak_flops
 from megatron_meta.parallel import ParallelInfo, destroy_parallel, initialize_parallel
@@ -34,6 +34,7 @@ from megatron_meta.training.data import TrainBatches, build_phases
 from megatron_meta.training.metrics import LossWindow, MetricsWriter, Throughput
 from megatron_meta.training.optimizer import build_optimizer, learning_rate, set_learning_rate
 from megatron_meta.training.preflight import preflight
+from megatron_meta.training.starting_point import starting_point
 from megatron_meta.training.validation import build_validation, validation_losses
 
 logger = logging.getLogger(__name__)
@@ -117,7 +118,8 @@ class TrainingRun:
 
         self.config, self.info, self.manifest = config, info, manifest
         t, m = config.training, config.model
-        self.preset = get_preset(m.preset)
+        self.start = starting_point(config)
+        self.preset = self.start.preset
         self.vocab_size = manifest.tokenizer.vocab_size
         self.bf16 = platform.cuda_available() if m.bf16 is None else m.bf16
         model = build_model(
@@ -183,6 +185,10 @@ class TrainingRun:
 
     def load(self) -> None:
         c = self.config.checkpoint
+        if self.start.mode == "weights":  # --finetune / --pretrained-checkpoint: a new run
+            identity = ckpt.model_identity(self.preset, self.vocab_size)
+            ckpt.load_weights(self.start.path, self.model, identity, self.start.flag)
+            return
         if not c.load:
             return
         loaded = ckpt.load_checkpoint(

@@ -1,0 +1,92 @@
+"""Where a run's weights come from: random (a fresh run), a resumed checkpoint (``--load``), or
+the weights alone of a pretrained checkpoint (``--load X --finetune``, ``--pretrained-checkpoint
+X``) for a new run with a fresh optimizer, schedule and data position.
+
+The model's shape comes from ``--model`` or, when that is left out, from the checkpoint the run
+starts from (a checkpoint records every shape field, so a model converted from Hugging Face needs
+no preset). ``--pretrained-checkpoint`` follows Megatron-LM: it is used only while ``--load`` has
+no checkpoint, so a requeued job with ``--save X --load X`` resumes its own progress instead.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+from megatron_meta.checkpoints import CheckpointInfo, checkpoint_info, latest_checkpoint
+from megatron_meta.errors import CheckpointError, ConfigError
+from megatron_meta.models.presets import ModelPreset, get_preset
+from megatron_meta.preprocess.manifest import Manifest
+from megatron_meta.training.config import RunConfig
+
+DEFAULT_PRESET = "tiny"
+
+
+@dataclass(frozen=True)
+class StartingPoint:
+    """The model to build and what to load into it."""
+
+    preset: ModelPreset
+    """Shape of the model (from --model or the checkpoint)."""
+    mode: str
+    """``fresh`` (random weights), ``resume`` (--load: everything) or ``weights`` (weights only)."""
+    path: Optional[str] = None
+    """The folder given to --load / --pretrained-checkpoint (None when fresh)."""
+    flag: str = ""
+    """The flag that named ``path``, for messages."""
+
+
+def _existing(path: Optional[str]) -> Optional[str]:
+    return latest_checkpoint(path) if path and os.path.isdir(path) else None
+
+
+def starting_point(config: RunConfig) -> StartingPoint:
+    """Decide, from the flags and what exists on disk, how the run starts (no tensors read)."""
+    c = config.checkpoint
+    if c.finetune and not c.load:
+        raise ConfigError("--finetune loads the weights of --load CKPT: give --load")
+    if c.finetune and c.pretrained_checkpoint:
+        raise ConfigError(
+            "--finetune and --pretrained-checkpoint both name the starting weights: use one "
+            "(--pretrained-checkpoint X lets a requeued job resume from --load)"
+        )
+    if c.finetune:
+        mode, path, flag = "weights", c.load, f"--load {c.load} --finetune"
+        if _existing(c.load) is None:
+            raise CheckpointError(f"{flag}: no checkpoint there; give a --save folder of "
+                                  "`megatron-meta train` or `megatron-meta convert from-hf`")
+    elif _existing(c.load) is not None:
+        mode, path, flag = "resume", c.load, f"--load {c.load}"
+    elif c.pretrained_checkpoint:
+        mode, path = "weights", c.pretrained_checkpoint
+        flag = f"--pretrained-checkpoint {path}"
+        if _existing(path) is None:
+            raise CheckpointError(f"{flag}: no checkpoint there; give a --save folder of "
+                                  "`megatron-meta train` or `megatron-meta convert from-hf`")
+    else:
+        name = config.model.preset or DEFAULT_PRESET
+        return StartingPoint(get_preset(name), "fresh")
+    info = checkpoint_info(path)
+    preset = get_preset(config.model.preset) if config.model.preset else info.preset
+    return StartingPoint(preset, mode, path, flag)
+
+
+def check_tokenizer(info: CheckpointInfo, manifest: Manifest, flag: str) -> None:
+    """Refuse shards written with another tokenizer than the checkpoint's model was trained on."""
+    ours = manifest.tokenizer
+    problems = []
+    if info.vocab_size != ours.vocab_size:
+        problems.append(f"vocabulary {info.vocab_size} vs {ours.vocab_size}")
+    saved = info.tokenizer or {}
+    if saved.get("eod_id") is not None and int(saved["eod_id"]) != int(ours.eod_id):
+        problems.append(f"end-of-document id {saved['eod_id']} vs {ours.eod_id}")
+    if saved.get("type") and saved["type"] != ours.type:
+        problems.append(f"tokenizer type {saved['type']} vs {ours.type}")
+    if problems:
+        model = saved.get("model") or "the checkpoint's tokenizer"
+        raise CheckpointError(
+            f"{flag}: the checkpoint's tokenizer does not match the shards of --data-manifest "
+            f"{manifest.path} ({'; '.join(problems)}); preprocess with --tokenizer-type "
+            f"{saved.get('type', 'TYPE')} --tokenizer-model {model}"
+        )
