@@ -7,6 +7,8 @@ import logging
 import math
 from typing import Optional
 
+import torch
+
 from megatron_meta.errors import ConfigError
 from megatron_meta.models.presets import ModelPreset, transformer_config
 from megatron_meta.platform import cpu as platform
@@ -92,6 +94,30 @@ def pad_vocab_size(vocab_size: int, tp_size: int, multiple: int = 128) -> int:
     return -(-vocab_size // step) * step
 
 
+def mask_padded_vocabulary(model, vocab_size: int) -> None:
+    """Give the padding rows of the output layer a logit of -inf.
+
+    Without this they take part in the softmax (as in Megatron-LM), so the model's loss depends
+    on rows that a converted model (vocabulary trimmed) does not have, and generation could pick
+    an id no tokenizer knows. Works on each TP rank's slice of the vocabulary.
+    """
+    from megatron.core import parallel_state
+
+    if not getattr(model, "post_process", False):
+        return
+
+    def hook(module, inputs, output):
+        logits, bias = output
+        width = logits.shape[-1]
+        first = parallel_state.get_tensor_model_parallel_rank() * width
+        if first + width <= vocab_size:
+            return None
+        keep = torch.arange(first, first + width, device=logits.device) < vocab_size
+        return logits.masked_fill(~keep, float("-inf")), bias
+
+    model.output_layer.register_forward_hook(hook)
+
+
 def build_model(
     preset: ModelPreset,
     *,
@@ -151,6 +177,8 @@ def build_model(
         rope_scaling_factor=preset.rope_scaling_factor,
     )
     model.to(platform.device())
+    if padded > vocab_size:
+        mask_padded_vocabulary(model, vocab_size)
     n_params = sum(p.numel() for p in model.parameters())
     attention = "TE" if chosen == "transformer_engine" else f"{core_attention} core attention"
     logger.info(
