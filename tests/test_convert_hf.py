@@ -127,7 +127,7 @@ def test_tiny_model_trained_at_tp2_gives_transformers_the_same_loss(tmp_path):
     from transformers import AutoModelForCausalLM
 
     from megatron_meta.checkpoints.load import load_model_for_eval
-    from megatron_meta.evaluation.scoring import score_sequences
+    from megatron_meta.models.scoring import score_sequences
     from megatron_meta.parallel import destroy_parallel
     from training_support import EOD, make_documents, run_cli, tiny_args, write_corpus
 
@@ -202,11 +202,12 @@ def test_continued_pretraining_starts_from_the_converted_model(
     total, tokens = 0.0, 0.0
     with torch.no_grad():
         for mb in batch:
-            logits = hf_model(mb["tokens"]).logits
-            nll = F.cross_entropy(logits.transpose(1, 2), mb["labels"], reduction="none")
-            total += float((nll * mb["loss_mask"]).sum())
+            logits = hf_model(mb["tokens"], position_ids=mb["position_ids"]).logits
+            # Flat [tokens, vocab] as transformers' own loss does: torch's CPU cross_entropy on
+            # the [batch, vocab, seq] layout is 1e-4 off over a 49k vocabulary.
+            flat = logits.reshape(-1, logits.shape[-1])
+            nll = F.cross_entropy(flat, mb["labels"].reshape(-1), reduction="none")
+            total += float((nll * mb["loss_mask"].reshape(-1)).sum())
             tokens += float(mb["loss_mask"].sum())
     theirs = total / tokens
-    # Measured: 4.51047 (ours, step 1) vs 4.51034 (transformers), rel. 2.9e-5, over 128 tokens of
-    # a 30-layer fp32 model; the TP=1 logits agree below 1e-4 (test above).
-    assert abs(losses[1] - theirs) / theirs < 1e-4, (losses[1], theirs)
+    assert abs(losses[1] - theirs) / theirs < 1e-5, (losses[1], theirs)

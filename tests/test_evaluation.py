@@ -170,7 +170,7 @@ def tiny_model():
 def test_scores_match_a_direct_forward_and_an_untrained_model_is_near_uniform(tiny_model, toks, docs):
     import torch
 
-    from megatron_meta.evaluation.scoring import make_score_fn
+    from megatron_meta.models.scoring import make_score_fn
 
     codec = _codec(toks, "sp_bpe")
     config = PerplexityConfig(load="-", data_manifest="-", variants=["full", "none"],

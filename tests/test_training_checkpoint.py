@@ -12,7 +12,7 @@ import torch
 from megatron_meta.checkpoints import checkpoint_info
 from megatron_meta.checkpoints.load import load_model_for_eval
 from megatron_meta.errors import CheckpointError
-from megatron_meta.evaluation.scoring import score_sequences
+from megatron_meta.models.scoring import score_sequences
 from megatron_meta.models import build_model, get_preset
 from megatron_meta.models.presets import with_overrides
 from megatron_meta.parallel import destroy_parallel, initialize_parallel

@@ -130,13 +130,19 @@ def _copy_weights(model: torch.nn.Module, get, preset, vocab: int, where: str) -
         raise CheckpointError(f"{where}: no Hugging Face tensor for {', '.join(missing[:5])}")
 
 
-def _save_tokenizer(hf_dir: str, gguf_file: Optional[str], folder: str, final: str) -> Dict:
+def _save_tokenizer(
+    hf_dir: str, gguf_file: Optional[str], folder: str, final: str
+) -> Optional[Dict]:
     """Save the HF tokenizer into ``folder`` (renamed to ``final`` later); its manifest entry."""
     from transformers import AutoTokenizer
 
     from megatron_meta.tokenizer.load import load_tokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(hf_dir, gguf_file=gguf_file)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(hf_dir, gguf_file=gguf_file)
+    except (OSError, ValueError) as e:  # a weights-only folder
+        logger.warning("%s: no loadable tokenizer (%s); the checkpoint records none", hf_dir, e)
+        return None
     tokenizer.save_pretrained(folder)
     ours = load_tokenizer("HuggingFaceTokenizer", folder)  # what preprocess will record
     return {
@@ -205,7 +211,7 @@ def import_from_hf(
         tokenizer = _save_tokenizer(
             hf_dir, gguf_file, os.path.join(tmp, TOKENIZER_DIR), os.path.join(save, TOKENIZER_DIR)
         )
-        if tokenizer["vocab_size"] != vocab:
+        if tokenizer and tokenizer["vocab_size"] != vocab:
             logger.warning("the tokenizer has %d tokens, the model %d: shards must be written "
                            "with a %d-token tokenizer to train it", tokenizer["vocab_size"], vocab, vocab)
         state = {

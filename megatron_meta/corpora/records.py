@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, Optional
+import json
+from typing import Any, Dict, List, Optional
+
+from megatron_meta.errors import DataError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,3 +48,20 @@ class Document:
             text=obj["text"],
             date=obj.get("date"),
         )
+
+
+def read_documents(path: str) -> List[Document]:
+    """Held-out JSONL (one :class:`Document` a line, as preprocessing writes it)."""
+    docs: List[Document] = []
+    try:
+        with open(path, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    docs.append(Document.from_json(json.loads(line)))
+                except (ValueError, KeyError, TypeError) as e:
+                    raise DataError(f"{path}:{lineno}: not a held-out document record ({e})")
+    except OSError as e:
+        raise DataError(f"{path}: cannot read held-out documents ({e}); re-run preprocess")
+    return docs

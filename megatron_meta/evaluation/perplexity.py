@@ -18,7 +18,6 @@ Two choices the paper leaves open, made so that variants differ only in their co
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import logging
 import math
@@ -28,9 +27,14 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from megatron_meta.corpora.records import Document
+from megatron_meta.corpora.records import Document, read_documents  # noqa: F401
 from megatron_meta.errors import DataError
-from megatron_meta.metadata.formatting import format_document, metadata_prefix
+from megatron_meta.tokenizer.documents import (  # noqa: F401  (the evaluation's interface)
+    Codec,
+    Encoded,
+    encode_variants,
+    loss_start,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -38,22 +42,6 @@ RESULTS_FORMAT = "megatron-meta-perplexity"
 
 # (token sequences, loss start per sequence) -> (NLL sum per sequence, scored tokens per sequence)
 ScoreFn = Callable[[List[List[int]], List[int]], Tuple[np.ndarray, np.ndarray]]
-
-
-@dataclasses.dataclass(frozen=True)
-class Codec:
-    """The tokenizer operations scoring needs."""
-
-    tokenize: Callable[[str], List[int]]
-    detokenize: Callable[[List[int]], str]
-    eod: int
-
-    @classmethod
-    def of(cls, tokenizer) -> "Codec":
-        """From a megatron-core tokenizer, decoding exactly (tiktoken's own is lossy)."""
-        from megatron_meta.tokenizer.load import decode
-
-        return cls(tokenizer.tokenize, functools.partial(decode, tokenizer), tokenizer.eod)
 
 
 @dataclasses.dataclass
@@ -116,26 +104,6 @@ def sample_documents(docs: Sequence[Document], max_documents: int, seed: int = 4
     return [docs[i] for i in keep]
 
 
-def loss_start(detokenize: Callable[[List[int]], str], ids: Sequence[int], char_start: int) -> int:
-    """Index of the token that holds character ``char_start`` of the decoded text.
-
-    Works for any tokenizer that decodes a prefix of the ids to a prefix of the text: the answer is
-    the largest ``k`` whose decoded prefix ``ids[:k]`` is at most ``char_start`` characters long,
-    found by bisection. A token spanning the boundary (``"\\n\\nTITLE"``) counts as the first
-    body token, so no body character is ever left unscored.
-    """
-    if char_start <= 0:
-        return 0
-    lo, hi = 0, len(ids)  # invariant: len(decode(ids[:lo])) <= char_start
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if len(detokenize(list(ids[:mid]))) <= char_start:
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo
-
-
 def _resample_counts(n: int, samples: int, seed: int) -> np.ndarray:
     """How often each of ``n`` documents appears in each bootstrap resample: (samples, n)."""
     rng = np.random.default_rng(seed)
@@ -193,40 +161,6 @@ def corpus_perplexity(nll: np.ndarray, tokens: np.ndarray) -> float:
     return math.exp(float(np.sum(nll)) / total) if total > 0 else float("nan")
 
 
-@dataclasses.dataclass
-class Encoded:
-    """One document in one variant, ready for scoring."""
-
-    sequence: List[int]
-    """``[eod] + ids``, cut so the model sees at most ``seq_length`` positions."""
-    start: int
-    """Index in ``sequence`` of the first scored token (the ``TITLE:`` token)."""
-
-
-def encode_variants(
-    doc: Document, variants: Sequence[str], url_form: str, codec: Codec, seq_length: int
-) -> Optional[Dict[str, Encoded]]:
-    """``doc`` in every variant, truncated so that all variants score the same body tokens.
-
-    The body is cut at ``seq_length`` minus the longest variant's metadata, so the longest
-    formatted sequence fits ``seq_length`` and the shorter ones keep exactly as much body; a
-    metadata variant is thus never scored on less text than ``none``. None when the metadata
-    alone fills ``seq_length``.
-    """
-    encoded = {}
-    for variant in variants:
-        ids = list(codec.tokenize(format_document(doc, variant, url_form)))
-        start = loss_start(codec.detokenize, ids, len(metadata_prefix(doc, variant, url_form)))
-        encoded[variant] = (ids, start)
-    body = seq_length - max(start for _, start in encoded.values())
-    if body < 1:
-        return None
-    return {
-        v: Encoded([codec.eod] + ids[: start + body], start + 1)
-        for v, (ids, start) in encoded.items()
-    }
-
-
 def score_documents(
     score: ScoreFn,
     docs: Sequence[Document],
@@ -271,23 +205,6 @@ def region_result(
         ci_low=low, ci_high=high, train_variant=train_variant,
         document_nll=[float(x) for x in nll], document_tokens=[int(x) for x in tokens],
     )
-
-
-def read_documents(path: str) -> List[Document]:
-    """Held-out JSONL (one :class:`Document` a line, as preprocessing writes it)."""
-    docs: List[Document] = []
-    try:
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    docs.append(Document.from_json(json.loads(line)))
-                except (ValueError, KeyError, TypeError) as e:
-                    raise DataError(f"{path}:{lineno}: not a held-out document record ({e})")
-    except OSError as e:
-        raise DataError(f"{path}: cannot read held-out documents ({e}); re-run preprocess")
-    return docs
 
 
 def held_out_test_sets(manifest) -> Dict[str, List[Document]]:
@@ -375,7 +292,7 @@ def read_results(path: str) -> List[RegionResult]:
 def evaluate_checkpoint(config: PerplexityConfig) -> List[RegionResult]:
     """Load the checkpoint (TP=1, this process) and score the manifest's held-out test sets."""
     from megatron_meta.errors import CheckpointError
-    from megatron_meta.evaluation.scoring import make_score_fn
+    from megatron_meta.models.scoring import make_score_fn
     from megatron_meta.preprocess.manifest import load_manifest
     from megatron_meta.tokenizer.load import load_tokenizer
     from megatron_meta.checkpoints.load import load_model_for_eval

@@ -25,7 +25,7 @@ from typing import Dict, List, Tuple
 import torch
 import torch.distributed as dist
 
-from megatron_meta.evaluation.scoring import score_sequences
+from megatron_meta.models.scoring import score_sequences
 from megatron_meta.preprocess.manifest import Manifest
 from megatron_meta.training.config import RunConfig
 from megatron_meta.training.data import build_split_validation, has_holdout_valid
@@ -51,7 +51,8 @@ def _held_out_documents(
     config: RunConfig, manifest: Manifest, per_region: int, dp_size: int, dp_rank: int
 ) -> Dict[str, Tuple[List[List[int]], List[int]]]:
     # The evaluation CLI's own encoding: [EOD] + ids, scored from the TITLE: token on.
-    from megatron_meta.evaluation.perplexity import Codec, encode_variants, read_documents
+    from megatron_meta.corpora.records import read_documents
+    from megatron_meta.tokenizer.documents import Codec, encode_variants
     from megatron_meta.tokenizer import load_tokenizer
 
     codec = Codec.of(load_tokenizer(manifest.tokenizer.type, manifest.tokenizer.model))
