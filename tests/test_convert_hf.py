@@ -26,6 +26,11 @@ def smollm2_ckpt(smollm2_hf, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def converted_back(smollm2_ckpt, tmp_path_factory):
+    return export_to_hf(smollm2_ckpt, str(tmp_path_factory.mktemp("back") / "smollm2-back"))
+
+
+@pytest.fixture(scope="module")
 def hf_tokenizer(smollm2_hf):
     from transformers import AutoTokenizer
 
@@ -46,11 +51,11 @@ def news_ids(news_documents, hf_tokenizer):
     return torch.tensor([hf_tokenizer(t)["input_ids"][:96] for t in texts])
 
 
-def test_round_trip_is_bit_identical(smollm2_hf, smollm2_ckpt, tmp_path, news_documents):
+def test_round_trip_is_bit_identical(smollm2_hf, converted_back, news_documents):
     from safetensors.torch import load_file
     from transformers import AutoTokenizer
 
-    out = export_to_hf(smollm2_ckpt, str(tmp_path / "back"))
+    out = converted_back
     original = load_file(os.path.join(smollm2_hf, "model.safetensors"))
     back = load_file(os.path.join(out, "model.safetensors"))
     assert sorted(original) == sorted(back)
@@ -70,7 +75,7 @@ def test_round_trip_is_bit_identical(smollm2_hf, smollm2_ckpt, tmp_path, news_do
         chat, tokenize=False
     )
     assert (tok_b.bos_token, tok_b.eos_token) == (tok_a.bos_token, tok_a.eos_token)
-    assert not [p for p in os.listdir(tmp_path) if ".tmp" in p]  # nothing half-written left
+    assert os.listdir(os.path.dirname(out)) == ["smollm2-back"]  # nothing half-written left
 
 
 def test_logits_match_transformers_at_tp1(smollm2_ckpt, hf_model, news_ids):
@@ -111,10 +116,10 @@ def test_logits_match_transformers_at_tp3(smollm2_ckpt, hf_model, news_ids, tmp_
     assert (ours - theirs).abs().max().item() < 3e-4
 
 
-def test_greedy_generation_of_the_converted_back_model(smollm2_ckpt, hf_model, news_ids, tmp_path):
+def test_greedy_generation_of_the_converted_back_model(converted_back, hf_model, news_ids):
     from transformers import AutoModelForCausalLM
 
-    back = AutoModelForCausalLM.from_pretrained(export_to_hf(smollm2_ckpt, str(tmp_path / "b")))
+    back = AutoModelForCausalLM.from_pretrained(converted_back)
     prompt = news_ids[:1, :40]
     kwargs = dict(max_new_tokens=20, do_sample=False, pad_token_id=2)
     expected = hf_model.generate(prompt, **kwargs)
