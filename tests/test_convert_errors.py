@@ -21,7 +21,8 @@ def run(capsys, *argv):
 
 
 def test_a_missing_or_foreign_checkpoint(tmp_path, capsys):
-    code, err = run(capsys, "to-hf", "--load", str(tmp_path / "nope"), "--output", str(tmp_path / "o"))
+    out = str(tmp_path / "o")
+    code, err = run(capsys, "to-hf", "--load", str(tmp_path / "nope"), "--output", out)
     assert code == 2 and "no checkpoint there" in err and "Traceback" not in err
     foreign = tmp_path / "foreign"
     foreign.mkdir()
@@ -74,7 +75,13 @@ def test_finetune_refuses_shards_of_another_tokenizer(tmp_path):
 
     manifest = write_corpus(str(tmp_path / "corpus"))
     save = str(tmp_path / "tiny")
-    assert run_cli(tiny_args(manifest, **{"--train-iters": 1, "--lr-warmup-iters": 0, "--save": save})).returncode == 0
+    short = {"--train-iters": 1, "--lr-warmup-iters": 0, "--save": save}
+    assert run_cli(tiny_args(manifest, **short)).returncode == 0
+    from megatron_meta.checkpoints import is_megatron_checkpoint, latest_checkpoint
+
+    assert is_megatron_checkpoint(save) and is_megatron_checkpoint(latest_checkpoint(save))
+    assert not is_megatron_checkpoint(str(tmp_path / "corpus"))
+    assert not is_megatron_checkpoint(str(tmp_path / "missing"))
     other = json.load(open(manifest))
     other["tokenizer"]["vocab_size"] = 1200
     other_path = str(tmp_path / "corpus" / "other.manifest.json")

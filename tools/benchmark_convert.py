@@ -11,7 +11,6 @@ Goal (issue 6): peak RSS under 2x the fp32 weight bytes; time dominated by I/O (
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -42,11 +41,20 @@ def make_checkpoint(model: str, vocab: int, save: str) -> None:
     destroy_parallel()
 
 
+# Runs ``cmd`` under a fresh Python whose only child it is, so that child's peak RSS is its own.
+_PEAK = (
+    "import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, "
+    "stdout=subprocess.DEVNULL); "
+    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+)
+
+
 def timed(cmd):
     start = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    out = subprocess.run([sys.executable, "-c", _PEAK, *cmd], check=True, capture_output=True,
+                         text=True).stdout
     seconds = time.perf_counter() - start
-    return seconds, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+    return seconds, int(out.strip().splitlines()[-1]) * 1024
 
 
 def du(path: str) -> int:
@@ -66,15 +74,15 @@ def main() -> None:
     weights = du(os.path.join(ckpt, "iter_0000001"))
     cli = [sys.executable, "-m", "megatron_meta.cli", "convert"]
     to_s, to_rss = timed(cli + ["to-hf", "--load", ckpt, "--output", hf])
-    copy_s, _ = timed(["cp", "-r", os.path.join(ckpt, "iter_0000001"), os.path.join(args.workdir, "copy")])
-    # ru_maxrss of children is the maximum over all children so far: run from-hf last.
+    copy = os.path.join(args.workdir, "copy")
+    copy_s, _ = timed(["cp", "-r", os.path.join(ckpt, "iter_0000001"), copy])
     from_s, from_rss = timed(cli + ["from-hf", "--hf", hf, "--save", back])
     gb = 1024**3
     rows = {
         "model": args.model, "fp32 weight bytes (GiB)": round(weights / gb, 2),
         "to-hf seconds": round(to_s, 1), "to-hf peak RSS (GiB)": round(to_rss / gb, 2),
         "to-hf RSS / weights": round(to_rss / weights, 2),
-        "from-hf seconds": round(from_s, 1), "from-hf peak RSS (GiB, max of both)": round(from_rss / gb, 2),
+        "from-hf seconds": round(from_s, 1), "from-hf peak RSS (GiB)": round(from_rss / gb, 2),
         "from-hf RSS / weights": round(from_rss / weights, 2),
         "cp of the checkpoint (s)": round(copy_s, 1),
     }

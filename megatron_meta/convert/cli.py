@@ -28,11 +28,13 @@ def build_parser() -> argparse.ArgumentParser:
     to_hf = sub.add_parser("to-hf", help="megatron-meta checkpoint -> Hugging Face folder")
     to_hf.add_argument("--load", required=True, metavar="CKPT",
                        help="a --save folder (newest checkpoint) or one iter_* folder")
-    to_hf.add_argument("--output", required=True, metavar="DIR", help="Hugging Face folder to write")
+    to_hf.add_argument("--output", required=True, metavar="DIR",
+                       help="Hugging Face folder to write")
     to_hf.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                        help="dtype of the written weights (default: float32)")
     from_hf = sub.add_parser("from-hf", help="Hugging Face folder -> megatron-meta checkpoint")
-    from_hf.add_argument("--hf", required=True, metavar="DIR", help="local Hugging Face model folder")
+    from_hf.add_argument("--hf", required=True, metavar="DIR",
+                         help="local Hugging Face model folder")
     from_hf.add_argument("--gguf-file", metavar="NAME",
                          help="a GGUF file inside --hf (de-quantized through transformers)")
     from_hf.add_argument("--save", required=True, metavar="CKPT", help="checkpoint folder to write")

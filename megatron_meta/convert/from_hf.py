@@ -43,7 +43,9 @@ def _read_config(hf_dir: str, gguf_file: Optional[str]) -> Dict:
         return AutoConfig.from_pretrained(hf_dir, gguf_file=gguf_file).to_dict()
     path = os.path.join(hf_dir, "config.json")
     if not os.path.isfile(path):
-        raise ConfigError(f"--hf {hf_dir}: no config.json there (a GGUF file: add --gguf-file NAME)")
+        raise ConfigError(
+            f"--hf {hf_dir}: no config.json there (a GGUF file: add --gguf-file NAME)"
+        )
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
@@ -51,7 +53,9 @@ def _read_config(hf_dir: str, gguf_file: Optional[str]) -> Dict:
         raise ConfigError(f"{path}: not a readable config.json ({e})") from e
 
 
-def _tensor_source(hf_dir: str, gguf_file: Optional[str]) -> Callable[[str], Optional[torch.Tensor]]:
+def _tensor_source(
+    hf_dir: str, gguf_file: Optional[str]
+) -> Callable[[str], Optional[torch.Tensor]]:
     """name -> tensor (None if absent): safetensors one tensor at a time, else via transformers."""
     single = os.path.join(hf_dir, "model.safetensors")
     index = os.path.join(hf_dir, "model.safetensors.index.json")
@@ -181,7 +185,8 @@ def import_from_hf(
         raise ConfigError(f"--save {save} exists and is not empty: remove it or choose another")
     where = os.path.join(hf_dir, gguf_file or "config.json")
     config = _read_config(hf_dir, gguf_file)
-    name = os.path.splitext(gguf_file)[0] if gguf_file else os.path.basename(os.path.normpath(hf_dir))
+    folder_name = os.path.basename(os.path.normpath(hf_dir))
+    name = os.path.splitext(gguf_file)[0] if gguf_file else folder_name
     preset, vocab = hf_llama.preset_from_hf(config, name, where)
     for what, count in (("num_attention_heads", preset.num_attention_heads),
                         ("num_key_value_heads", preset.num_query_groups)):
@@ -195,7 +200,9 @@ def import_from_hf(
     if started:
         initialize_parallel(1, seed=0)
     elif parallel_state.get_tensor_model_parallel_world_size() != 1:
-        raise ConfigError("convert from-hf runs in one process (TP=1); the checkpoint loads at any TP")
+        raise ConfigError(
+            "convert from-hf runs in one process (TP=1); the checkpoint loads at any TP"
+        )
     save = os.path.abspath(save)
     parent = os.path.dirname(save)
     os.makedirs(parent, exist_ok=True)
@@ -212,8 +219,10 @@ def import_from_hf(
             hf_dir, gguf_file, os.path.join(tmp, TOKENIZER_DIR), os.path.join(save, TOKENIZER_DIR)
         )
         if tokenizer and tokenizer["vocab_size"] != vocab:
-            logger.warning("the tokenizer has %d tokens, the model %d: shards must be written "
-                           "with a %d-token tokenizer to train it", tokenizer["vocab_size"], vocab, vocab)
+            logger.warning(
+                "the tokenizer has %d tokens, the model %d: shards must be written with a "
+                "%d-token tokenizer to train it", tokenizer["vocab_size"], vocab, vocab,
+            )
         state = {
             "model": model.sharded_state_dict(),
             "format_version": FORMAT_VERSION,

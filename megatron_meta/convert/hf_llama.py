@@ -71,7 +71,8 @@ LAYERS_MEGATRON, LAYERS_HF = "decoder.layers.", "model.layers."
 
 
 def split_qkv(qkv: torch.Tensor, preset: ModelPreset) -> Tuple[torch.Tensor, ...]:
-    """``linear_qkv`` ``[G * (H/G + 2) * d, hidden]`` -> HF q ``[H*d, hidden]``, k, v ``[G*d, hidden]``."""
+    """``linear_qkv`` ``[G * (H/G + 2) * d, hidden]`` -> HF q ``[H*d, hidden]`` and k, v
+    ``[G*d, hidden]`` (H query heads, G groups, head width d)."""
     heads, groups, d = preset.num_attention_heads, preset.num_query_groups, preset.head_dim
     per_group = heads // groups
     grouped = qkv.reshape(groups, (per_group + 2) * d, qkv.shape[-1])
@@ -81,7 +82,9 @@ def split_qkv(qkv: torch.Tensor, preset: ModelPreset) -> Tuple[torch.Tensor, ...
     return q, k, v
 
 
-def merge_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, preset: ModelPreset) -> torch.Tensor:
+def merge_qkv(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, preset: ModelPreset
+) -> torch.Tensor:
     """The inverse of :func:`split_qkv`."""
     heads, groups, d = preset.num_attention_heads, preset.num_query_groups, preset.head_dim
     hidden = q.shape[-1]
@@ -107,7 +110,11 @@ def merge_fc1(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
 # Shape <-> config.json
 
 # Megatron-core's Llama-3 RoPE scaling has these fixed; HF's config spells them out.
-LLAMA3_ROPE = {"low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+LLAMA3_ROPE = {
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 8192,
+}
 
 
 def hf_config(preset: ModelPreset, vocab_size: int, dtype: torch.dtype, bos_id, eos_id):
@@ -173,7 +180,9 @@ def preset_from_hf(config: Dict[str, Any], name: str, where: str) -> Tuple[Model
     if scaling:
         for key, value in LLAMA3_ROPE.items():
             if float(rope.get(key, value)) != float(value):
-                _refuse(where, f"rope_parameters.{key}", rope.get(key), f"megatron-core uses {value}")
+                _refuse(
+                    where, f"rope_parameters.{key}", rope.get(key), f"megatron-core uses {value}"
+                )
     preset = ModelPreset(
         name=name,
         num_layers=int(config["num_hidden_layers"]),

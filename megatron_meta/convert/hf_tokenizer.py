@@ -21,7 +21,8 @@ logger = logging.getLogger(__name__)
 # Texts the converted SentencePiece tokenizer must encode exactly as SentencePiece does.
 CHECK_TEXTS = (
     "URL: https://www.bbc.co.uk/news/uk-38539472\nCOUNTRY: gb\nCONTINENT: Europe\n\n"
-    "TITLE: Storm hits  the coast\n\nCONTENT: Winds of 120 km/h, \u00e9t\u00e9 \u2014 na\u00efve caf\u00e9s\u2026",
+    "TITLE: Storm hits  the coast\n\nCONTENT: Winds of 120 km/h, "
+    "\u00e9t\u00e9 \u2014 na\u00efve caf\u00e9s\u2026",
     "  leading spaces, trailing spaces  \n\n\nand tabs\there \U0001F600 \u4e2d\u6587",
 )
 
@@ -90,7 +91,9 @@ def sentencepiece_to_hf(model_file: str):
     elif trainer.model_type == 1:  # unigram
         core = models.Unigram(pieces, unk_id=unk, byte_fallback=True)
     else:
-        raise CheckpointError(f"{model_file}: SentencePiece model type {trainer.model_type} not converted")
+        raise CheckpointError(
+            f"{model_file}: SentencePiece model type {trainer.model_type} is not converted"
+        )
     tok = Tokenizer(core)
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="never")
     tok.decoder = decoders.Sequence(

@@ -36,7 +36,9 @@ MAX_SHARD_BYTES = 2 * 1024**3
 Planned = Tuple[str, Callable[[], torch.Tensor], int]
 
 
-def _hf_tensors(tensors: Dict[str, torch.Tensor], preset, vocab_size: int) -> Iterator[Tuple[str, Callable[[], torch.Tensor], Tuple[int, ...]]]:
+def _hf_tensors(
+    tensors: Dict[str, torch.Tensor], preset, vocab_size: int
+) -> Iterator[Tuple[str, Callable[[], torch.Tensor], Tuple[int, ...]]]:
     """Every HF tensor as (name, lazy producer, shape), in HF's usual order."""
     seen = set()
 
@@ -158,7 +160,7 @@ def _write_generation_config(folder: str, config) -> None:
 
 
 def _replace_folder(tmp: str, output: str) -> None:
-    """Rename ``tmp`` to ``output``; an existing ``output`` is replaced only once ``tmp`` is whole."""
+    """Rename ``tmp`` to ``output``; an existing ``output`` is replaced once ``tmp`` is whole."""
     old = output + ".old"
     if os.path.exists(output):
         shutil.rmtree(old, ignore_errors=True)
