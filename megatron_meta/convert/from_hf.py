@@ -157,14 +157,15 @@ def _save_tokenizer(
     }
 
 
-def _run_config(preset_name: str, seq_length: int, tp: int) -> Dict:
+def _run_config(seq_length: int, tp: int) -> Dict:
     from megatron_meta.training.config import RunConfig
 
-    config = RunConfig()
-    config.model.preset = preset_name
+    config = RunConfig()  # preset None: the shape is the checkpoint's model_identity
     config.model.seq_length = seq_length
     config.parallel.tensor_model_parallel_size = tp
-    return config.to_dict()
+    out = config.to_dict()
+    out["data"]["variant"] = None  # not trained by us: no metadata variant to report
+    return out
 
 
 def import_from_hf(
@@ -229,7 +230,7 @@ def import_from_hf(
             "iteration": 0,
             "consumed_samples": 0,
             "model_identity": model_identity(preset, vocab),
-            "config": _run_config(name, preset.max_position_embeddings, tp),
+            "config": _run_config(preset.max_position_embeddings, tp),
             "layout": {"world_size": 1, "tp": tp, "dp": 1},
             "tokenizer": tokenizer,
             "weights_only": True,
