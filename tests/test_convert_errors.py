@@ -67,33 +67,61 @@ def test_a_tp_size_that_does_not_divide_the_heads(smollm2_hf, tmp_path):
     assert os.listdir(tmp_path) == []
 
 
-def test_finetune_refuses_shards_of_another_tokenizer(tmp_path):
-    from megatron_meta.errors import CheckpointError
+def weights_only_tiny_checkpoint(save: str, vocab: int) -> None:
+    """A weights-only checkpoint of the tiny preset, as `convert from-hf` writes one."""
+    from megatron_meta.checkpoints import FORMAT_VERSION, model_identity
+    from megatron_meta.checkpoints.write import save_state
+    from megatron_meta.models import build_model, get_preset
+    from megatron_meta.parallel import destroy_parallel, initialize_parallel
+    from megatron_meta.training.config import RunConfig
+
+    initialize_parallel(1, seed=0)
+    try:
+        model = build_model(get_preset("tiny"), vocab_size=vocab, seq_length=32, tp_size=1)
+        tokenizer = {"type": "NullTokenizer", "model": "", "vocab_size": vocab, "eod_id": 1}
+        save_state(save, 0, {
+            "model": model.sharded_state_dict(), "format_version": FORMAT_VERSION,
+            "iteration": 0, "consumed_samples": 0, "config": RunConfig().to_dict(),
+            "model_identity": model_identity(get_preset("tiny"), vocab), "tokenizer": tokenizer,
+            "layout": {"world_size": 1, "tp": 1, "dp": 1}, "weights_only": True,
+        })
+    finally:
+        destroy_parallel()
+
+
+def test_finetune_flags_and_refusals(tmp_path):
+    from megatron_meta.checkpoints import is_megatron_checkpoint, latest_checkpoint
+    from megatron_meta.errors import CheckpointError, ConfigError
     from megatron_meta.training.config import parse_args
     from megatron_meta.training.preflight import preflight
-    from training_support import run_cli, tiny_args, write_corpus
+    from training_support import VOCAB, tiny_args, write_corpus
 
     manifest = write_corpus(str(tmp_path / "corpus"))
     save = str(tmp_path / "tiny")
-    short = {"--train-iters": 1, "--lr-warmup-iters": 0, "--save": save}
-    assert run_cli(tiny_args(manifest, **short)).returncode == 0
-    from megatron_meta.checkpoints import is_megatron_checkpoint, latest_checkpoint
-
+    weights_only_tiny_checkpoint(save, VOCAB)
     assert is_megatron_checkpoint(save) and is_megatron_checkpoint(latest_checkpoint(save))
     assert not is_megatron_checkpoint(str(tmp_path / "corpus"))
     assert not is_megatron_checkpoint(str(tmp_path / "missing"))
+
+    def check(path, **flags):
+        return preflight(parse_args(tiny_args(path, **{"--model": None, **flags})))
+
+    # Leaving --model out takes the shape from the checkpoint.
+    assert check(manifest, **{"--load": save, "--finetune": True}).tokenizer.vocab_size == VOCAB
+    assert check(manifest, **{"--pretrained-checkpoint": save, "--load": str(tmp_path / "new"),
+                              "--save": str(tmp_path / "new")})
     other = json.load(open(manifest))
-    other["tokenizer"]["vocab_size"] = 1200
+    other["tokenizer"]["vocab_size"] = VOCAB + 200
     other_path = str(tmp_path / "corpus" / "other.manifest.json")
     json.dump(other, open(other_path, "w"))
-    args = tiny_args(other_path, **{"--model": None, "--load": save, "--finetune": True})
     with pytest.raises(CheckpointError, match="tokenizer does not match the shards"):
-        preflight(parse_args(args))
-    # Leaving --model out takes the shape from the checkpoint; --finetune needs --load.
-    args = tiny_args(manifest, **{"--model": None, "--load": save, "--finetune": True})
-    assert preflight(parse_args(args)).tokenizer.vocab_size == 1000
-    with pytest.raises(Exception, match="--finetune loads the weights of --load"):
-        preflight(parse_args(tiny_args(manifest, **{"--finetune": True})))
+        check(other_path, **{"--load": save, "--finetune": True})
+    with pytest.raises(CheckpointError, match="holds weights only"):
+        check(manifest, **{"--load": save})  # resuming needs optimizer state
+    with pytest.raises(ConfigError, match="--finetune loads the weights of --load"):
+        check(manifest, **{"--finetune": True})
+    with pytest.raises(CheckpointError, match="no checkpoint there"):
+        check(manifest, **{"--pretrained-checkpoint": str(tmp_path / "missing")})
 
 
 def test_sentencepiece_becomes_an_hf_tokenizer_with_equal_ids(tmp_path, news_documents):

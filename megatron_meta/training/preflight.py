@@ -132,6 +132,12 @@ def preflight(config: RunConfig) -> Manifest:
         info = checkpoint_info(start.path)
         if start.mode == "weights":
             check_tokenizer(info, manifest, start.flag)
+        elif info.weights_only:
+            raise CheckpointError(
+                f"{start.flag}: {info.path} holds weights only (no optimizer state, e.g. "
+                "converted from Hugging Face); start a new run from it with --finetune, or with "
+                f"--pretrained-checkpoint {start.path}"
+            )
         identity = ckpt.model_identity(preset, manifest.tokenizer.vocab_size)
         ckpt.check_identity(info.common["model_identity"], identity, start.flag)
     elif load and os.path.abspath(load) != os.path.abspath(save or ""):
