@@ -21,7 +21,9 @@ SUBCOMMANDS: Dict[str, Tuple[str, str]] = {
     "preprocess": ("megatron_meta.preprocess.cli", "write metadata-injected Megatron shards"),
     "inspect": ("megatron_meta.preprocess.inspect", "count and decode documents of a shard"),
     "train": ("megatron_meta.training.cli", "pretrain a model (launch with torchrun)"),
-    "evaluate": ("megatron_meta.evaluation.cli", "per-region perplexity with/without metadata"),
+    "evaluate": ("megatron_meta.evaluation.cli", "perplexity, MCQ accuracy, harness task, reports"),
+    "finetune": ("megatron_meta.finetune.cli", "LoRA instruction tuning (+ merge, make-data)"),
+    "generate": ("megatron_meta.evaluation.generate", "sample from a model with a metadata prefix"),
     "demo": ("megatron_meta.demo", "the end-to-end demo on the embedded news corpus"),
 }
 

@@ -4,6 +4,9 @@
         --data-manifest runs/demo/data/news.manifest.json --variants full,none \\
         --max-documents 1000 --seq-length 1024 --output results/full.json [--label full]
     megatron-meta evaluate report results/full.json results/none.json --output-prefix results/ppl
+    megatron-meta evaluate mcq --model DIR [DIR ...] --benchmark qa.jsonl --scoring loglik \\
+        --metadata with,without --output results/mcq.json
+    megatron-meta evaluate lm-eval-task --benchmark qa.jsonl --output tasks/
 
 ``perplexity`` scores held-out test documents of every region of the manifest in each variant
 (the model's training variant is "with metadata", ``none`` is "without"), counting the loss
@@ -18,6 +21,7 @@ import logging
 from typing import List
 
 from megatron_meta.errors import ConfigError
+from megatron_meta.evaluation.mcq_cli import MCQ_COMMANDS, add_mcq_parsers
 from megatron_meta.metadata.formatting import parse_variants
 
 logger = logging.getLogger(__name__)
@@ -35,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="megatron-meta evaluate", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{perplexity,report}")
+    sub = parser.add_subparsers(dest="command", required=True,
+                                metavar="{perplexity,report,mcq,lm-eval-task}")
 
     p = sub.add_parser("perplexity", help="per-region perplexity of a checkpoint on held-out docs")
     p.add_argument("--load", required=True, metavar="CKPT", help="checkpoint folder (--save of train)")
@@ -58,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("results", nargs="+", metavar="RESULTS.json")
     r.add_argument("--output-prefix", required=True, metavar="P", help="writes P.md and P.png")
     r.add_argument("--title", default="", help="chart and document title")
+    add_mcq_parsers(sub)
     return parser
 
 
@@ -101,6 +107,8 @@ def main(argv: List[str]) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "perplexity":
         return _perplexity(args)
+    if args.command in MCQ_COMMANDS:
+        return MCQ_COMMANDS[args.command](args)
     return _report(args)
 
 
