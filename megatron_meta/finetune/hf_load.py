@@ -65,6 +65,12 @@ def load_causal_lm(path: str, flag: str = "--model", dtype: str = "float32") -> 
         config = AutoConfig.from_pretrained(folder)
     except (OSError, ValueError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{flag} {path}: {folder}/config.json is not a model config ({e})")
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise CheckpointError(
+            f"{flag} {path}: model type {config.model_type!r} is not a causal language model; "
+            "give a decoder-only LM (Llama, SmolLM2, a converted megatron-meta checkpoint)")
     try:
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, dtype))
     except ValueError as e:
