@@ -7,6 +7,9 @@
     megatron-meta evaluate mcq --model DIR [DIR ...] --benchmark qa.jsonl --scoring loglik \\
         --metadata with,without --output results/mcq.json
     megatron-meta evaluate lm-eval-task --benchmark qa.jsonl --output tasks/
+    megatron-meta evaluate counterfactual --model M --data-manifest M.json --output cf.json
+    megatron-meta evaluate context-length --model M --data-manifest M.json --lengths 16,64,256,1024 \\
+        --output ctx.json
 
 ``perplexity`` scores held-out test documents of every region of the manifest in each variant
 (the model's training variant is "with metadata", ``none`` is "without"), counting the loss
@@ -22,6 +25,7 @@ from typing import List
 
 from megatron_meta.errors import ConfigError
 from megatron_meta.evaluation.mcq_cli import MCQ_COMMANDS, add_mcq_parsers
+from megatron_meta.evaluation.studies_cli import STUDY_COMMANDS, add_study_parsers
 from megatron_meta.metadata.formatting import parse_variants
 
 logger = logging.getLogger(__name__)
@@ -40,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True,
-                                metavar="{perplexity,report,mcq,lm-eval-task}")
+                                metavar="{perplexity,report,mcq,lm-eval-task,counterfactual,context-length}")
 
     p = sub.add_parser("perplexity", help="per-region perplexity of a checkpoint on held-out docs")
     p.add_argument("--load", required=True, metavar="CKPT", help="checkpoint folder (--save of train)")
@@ -64,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--output-prefix", required=True, metavar="P", help="writes P.md and P.png")
     r.add_argument("--title", default="", help="chart and document title")
     add_mcq_parsers(sub)
+    add_study_parsers(sub)
     return parser
 
 
@@ -109,6 +114,8 @@ def main(argv: List[str]) -> int:
         return _perplexity(args)
     if args.command in MCQ_COMMANDS:
         return MCQ_COMMANDS[args.command](args)
+    if args.command in STUDY_COMMANDS:
+        return STUDY_COMMANDS[args.command](args)
     return _report(args)
 
 
