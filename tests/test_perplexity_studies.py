@@ -135,3 +135,43 @@ def test_study_commands_write_results(tmp_path, smollm2_hf, manifest):
     assert [r["first_tokens"] for r in rows if r["region"] == "all"] == [8, 32]
     assert os.path.getsize(tmp_path / "ctx.png") > 1000
     assert not list(tmp_path.glob("*.tmp*"))
+
+
+def _result(model, variant, region, nll, tokens, train="full"):
+    from megatron_meta.evaluation.perplexity import RegionResult, corpus_perplexity
+
+    return RegionResult(model=model, variant=variant, region=region, documents=len(nll),
+                        tokens=sum(tokens), nll=sum(nll), ppl=corpus_perplexity(nll, tokens),
+                        ci_low=0.0, ci_high=0.0, train_variant=train, document_ids=["a", "b"],
+                        document_nll=list(nll), document_tokens=list(tokens))
+
+
+def test_region_matrix_and_the_papers_comparisons(tmp_path):
+    from megatron_meta.cli import main
+    from megatron_meta.evaluation.matrix import format_matrix, model_role
+    from megatron_meta.evaluation.perplexity import PerplexityConfig, write_results
+
+    assert model_role("local-africa-none") == ("local", "africa")
+    assert model_role("Global") == ("global", None) and model_role("loo_asia") == ("loo", "asia")
+    assert model_role("smollm2") == (None, None)
+    nll = {"global": 2.0, "local-africa": 1.0, "loo-africa": 3.0}  # nats per token on Africa
+    paths = []
+    for model, per_token in nll.items():
+        results = [_result(model, v, g, [per_token * 10 + (g == "Europe"), per_token * 20],
+                           [10, 20]) for v in ("full", "none") for g in ("Africa", "Europe")]
+        path = tmp_path / f"{model}.json"
+        write_results(str(path), results, PerplexityConfig("-", "-", ["full", "none"]))
+        paths.append(str(path))
+    from megatron_meta.evaluation.perplexity import read_results
+
+    text = format_matrix([r for p in paths for r in read_results(p)])
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in text.splitlines()
+             if line.startswith("|")]
+    assert ["local-africa (full)", f"{np.exp(1.0):.2f}", f"{np.exp(31 / 30):.2f}"] in cells
+    assert ["local-africa / global (local / global, test full)", "Africa",
+            f"{np.exp(-1.0):.3f} [{np.exp(-1.0):.3f}, {np.exp(-1.0):.3f}]"] in cells
+    assert ["loo-africa / global (left-out region: leave-one-out / global, test full)", "Africa",
+            f"{np.exp(1.0):.3f} [{np.exp(1.0):.3f}, {np.exp(1.0):.3f}]"] in cells
+    assert main(["evaluate", "report", *paths, "--output-prefix", str(tmp_path / "rep")]) == 0
+    assert (tmp_path / "rep.matrix.png").stat().st_size > 1000
+    assert "Comparisons" in (tmp_path / "rep.matrix.md").read_text()

@@ -105,6 +105,11 @@ def _report(args: argparse.Namespace) -> int:
         raise ConfigError(f"{', '.join(args.results)}: no results in these files")
     print(write_report(results, args.output_prefix, args.title))
     print(f"\nwrote {args.output_prefix}.md and {args.output_prefix}.png")
+    if len({r.model for r in results}) > 1:
+        from megatron_meta.evaluation.matrix import write_matrix
+
+        print("\n" + write_matrix(results, args.output_prefix, args.title))
+        print(f"\nwrote {args.output_prefix}.matrix.md and {args.output_prefix}.matrix.png")
     return 0
 
 

@@ -102,6 +102,10 @@ def run_finetune(model_path: str, data: str, output: str, recipe: LoraRecipe,
     train_ex, valid_ex = split(examples, recipe.valid_fraction, recipe.seed)
     train = encode_all(tokenizer, train_ex, recipe.seq_length, recipe.metadata_wrap, recipe.seed)
     valid = encode_all(tokenizer, valid_ex, recipe.seq_length, recipe.metadata_wrap, recipe.seed + 1)
+    dropped = len(train_ex) + len(valid_ex) - len(train) - len(valid)
+    if dropped:
+        logger.warning("%d example(s) left out: the prompt fills all --seq-length %d tokens",
+                       dropped, recipe.seq_length)
     if not train or not valid:
         raise ConfigError(f"--seq-length {recipe.seq_length}: every response of a split is cut "
                           "away; raise it")
