@@ -38,7 +38,7 @@ def score_options(model, tokenizer, context: str, options: Sequence[str],
     conts = [c for _, c in pairs]
     if any(not c for c in conts):
         raise ValueError(f"an option encodes to no tokens after context {context[-40:]!r}")
-    out = model(torch.tensor([context_ids]), use_cache=True)
+    out = model(torch.tensor([context_ids]), use_cache=True, logits_to_keep=1)
     first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)  # predicts each option's 1st token
     scores = [float(first[c[0]]) for c in conts]
     width = max(len(c) for c in conts) - 1

@@ -58,7 +58,12 @@ def resolve_hf_folder(path: str, flag: str = "--model") -> str:
 def load_causal_lm(path: str, flag: str = "--model", dtype: str = "float32") -> Tuple[object, object, str]:
     """``(model, tokenizer, hf_folder)`` in eval mode; a clear error for a non-causal-LM folder."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    except ImportError as e:
+        raise ConfigError(f"{flag}: Hugging Face models need the hf extra ({e}); "
+                          "pip install -e '.[hf]'") from e
 
     folder = resolve_hf_folder(path, flag)
     try:
