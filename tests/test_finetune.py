@@ -166,3 +166,20 @@ def test_lora_trains_resumes_and_merges(tmp_path, smollm2_hf, data_file):
     assert not torch.allclose(got, base_logits, atol=1e-3)  # the adapter did change the model
     assert merged.lm_head.weight.data_ptr() == merged.model.embed_tokens.weight.data_ptr()
     assert not os.path.exists(str(tmp_path / "merged") + ".tmp")
+
+
+def test_finetune_cli_bad_data_is_one_line_and_writes_nothing(tmp_path, capsys, smollm2_hf):
+    from megatron_meta.cli import main
+
+    data = tmp_path / "bad.jsonl"
+    data.write_text('{"instruction": "a", "output": "b"}\n{"input": "no instruction", "output": "c"}\n')
+    out = tmp_path / "run"
+    assert main(["finetune", "--model", smollm2_hf, "--data", str(data), "--output", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{data}:2: no 'instruction'" in err
+    assert not out.exists()
+    assert main(["finetune", "--model", smollm2_hf, "--data", str(data), "--output", str(out),
+                 "--valid-fraction", "1.5"]) == 2
+    assert "--valid-fraction 1.5" in capsys.readouterr().err
+    assert main(["finetune", "merge", "--adapter", str(tmp_path), "--output", str(out)]) == 2
+    assert "no adapter_config.json" in capsys.readouterr().err

@@ -209,3 +209,26 @@ def test_megatron_checkpoint_model_is_converted(tmp_path):
     model = AutoModelForCausalLM.from_pretrained(folder)
     with torch.no_grad():
         assert torch.isfinite(model(torch.tensor([[1, 2, 3]])).logits).all()
+
+
+def test_generate_writes_the_training_format():
+    from megatron_meta.evaluation.generate import build_text
+    from megatron_meta.errors import ConfigError
+
+    assert build_text("The minister said", "https://www.vanguardngr.com/x", "Nigeria") == (
+        "URL: https://www.vanguardngr.com/x\nCOUNTRY: ng\nCONTINENT: Africa\n\nCONTENT: The minister said")
+    assert build_text("Hi", country="USA", title="Budget") == (
+        "COUNTRY: us\nCONTINENT: America\n\nTITLE: Budget\n\nCONTENT: Hi")
+    assert build_text("Hi") == "CONTENT: Hi" and build_text("Hi", raw=True) == "Hi"
+    with pytest.raises(ConfigError, match="--country 'Atlantis'"):
+        build_text("Hi", country="Atlantis")
+
+
+def test_generate_cli_samples_from_the_model(tmp_path, smollm2_hf, capsys):
+    from megatron_meta.cli import main
+
+    tiny = make_tiny_llama(tmp_path / "tiny", smollm2_hf)
+    assert main(["generate", "--model", tiny, "--prompt", "Hello", "--country", "gh",
+                 "--max-new-tokens", "5", "--greedy"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("COUNTRY: gh\nCONTINENT: Africa\n\nCONTENT: Hello") and len(out) > 40
