@@ -38,6 +38,8 @@ def add_mcq_parsers(sub) -> None:
     m.add_argument("--chat-template", choices=("auto", "on", "off"), default="auto",
                    help="generation prompts through the tokenizer's chat template (default: auto)")
     m.add_argument("--limit", type=int, help="only the first N questions")
+    m.add_argument("--sample", type=int, help="a seeded random sample of N questions (all regions), "
+                   "for a quick estimate of the slow generation protocol")
     m.add_argument("--seed", type=int, default=42)
     m.add_argument("--output", required=True, metavar="RESULTS.json",
                    help="per-question records; RESULTS.md and RESULTS.png are written beside it")
@@ -57,7 +59,7 @@ def _mcq(args: argparse.Namespace) -> int:
 
     if args.label and len(args.label) != len(args.model):
         raise ConfigError(f"--label: {len(args.label)} names for {len(args.model)} --model paths")
-    for flag, value in (("--repeats", args.repeats), ("--limit", args.limit),
+    for flag, value in (("--repeats", args.repeats), ("--limit", args.limit), ("--sample", args.sample),
                         ("--batch-size", args.batch_size), ("--max-new-tokens", args.max_new_tokens)):
         if value is not None and value < 1:
             raise ConfigError(f"{flag} {value}: must be at least 1")
@@ -67,7 +69,7 @@ def _mcq(args: argparse.Namespace) -> int:
         top_p=args.top_p, batch_size=args.batch_size, limit=args.limit, seed=args.seed,
         chat_template=args.chat_template,
     )
-    questions = read_benchmark(args.benchmark)[: args.limit]
+    questions = select_questions(read_benchmark(args.benchmark), args.limit, args.sample, args.seed)
     records = []
     for i, path in enumerate(args.model):
         records += score_model(path, questions, config, args.label[i] if args.label else None)
@@ -76,6 +78,17 @@ def _mcq(args: argparse.Namespace) -> int:
     print(write_mcq_report(records, prefix, f"{os.path.basename(args.benchmark)}: {args.scoring}"))
     print(f"\nwrote {args.output}, {prefix}.md and {prefix}.png")
     return 0
+
+
+def select_questions(questions, limit=None, sample=None, seed=42):
+    """The first ``limit`` questions, then a seeded sample of ``sample`` of them (in file order)."""
+    import random
+
+    questions = questions[:limit]
+    if sample is not None and sample < len(questions):
+        keep = sorted(random.Random(seed).sample(range(len(questions)), sample))
+        questions = [questions[i] for i in keep]
+    return questions
 
 
 def _lm_eval_task(args: argparse.Namespace) -> int:
