@@ -232,3 +232,13 @@ def test_generate_cli_samples_from_the_model(tmp_path, smollm2_hf, capsys):
                  "--max-new-tokens", "5", "--greedy"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("COUNTRY: gh\nCONTINENT: Africa\n\nCONTENT: Hello") and len(out) > 40
+
+
+def test_question_sample_is_seeded_and_in_file_order(bench):
+    from megatron_meta.evaluation.mcq_cli import select_questions
+
+    qs = read_benchmark(bench)
+    picked = select_questions(qs, sample=2, seed=3)
+    assert picked == select_questions(qs, sample=2, seed=3) and len(picked) == 2
+    assert [q.index for q in picked] == sorted(q.index for q in picked)
+    assert select_questions(qs, limit=3) == qs[:3] and select_questions(qs, sample=10) == qs
