@@ -98,8 +98,10 @@ def _chat(tokenizer, prompt: str, mode: str) -> str:
 @torch.no_grad()
 def generate_texts(model, tokenizer, prompts: Sequence[str], config: McqConfig, seed: int) -> List[str]:
     """Sampled answers, batched with left padding; each row stops at EOS."""
-    tokenizer.padding_side = "left"
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    tokenizer.padding_side = "left"  # generation continues every row from its last real token
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    pad = tokenizer.pad_token_id
     out: List[str] = []
     for first in range(0, len(prompts), config.batch_size):
         batch = list(prompts[first:first + config.batch_size])
