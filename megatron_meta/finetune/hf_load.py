@@ -65,7 +65,8 @@ def load_causal_lm(path: str, flag: str = "--model", dtype: str = "float32") -> 
         raise ConfigError(f"{flag}: Hugging Face models need the hf extra ({e}); "
                           "pip install -e '.[hf]'") from e
 
-    folder = resolve_hf_folder(path, flag)
+    # Absolute, so that an adapter records a base model path that works from any directory.
+    folder = os.path.abspath(resolve_hf_folder(path, flag))
     try:
         config = AutoConfig.from_pretrained(folder)
     except (OSError, ValueError, json.JSONDecodeError) as e:
