@@ -183,3 +183,27 @@ def test_finetune_cli_bad_data_is_one_line_and_writes_nothing(tmp_path, capsys, 
     assert "--valid-fraction 1.5" in capsys.readouterr().err
     assert main(["finetune", "merge", "--adapter", str(tmp_path), "--output", str(out)]) == 2
     assert "no adapter_config.json" in capsys.readouterr().err
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_finetune_under_torchrun_is_data_parallel(tmp_path, smollm2_hf, data_file):
+    import subprocess
+    import sys
+
+    from training_support import free_port
+
+    base = make_tiny_llama(tmp_path / "tiny", smollm2_hf)
+    out = tmp_path / "ddp"
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    run = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+         str(free_port()), "-m", "megatron_meta.cli", "finetune", "--model", base, "--data", data_file,
+         "--output", str(out), "--lora-r", "8", "--epochs", "2", "--seq-length", "128",
+         "--gradient-accumulation-steps", "1", "--lr", "0.02"],
+        env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    train, evals = _losses(str(out))
+    # 19 examples, 2 per rank x 2 ranks: 5 steps an epoch (one process would take 10).
+    assert max(train) == 10 and len(evals) == 2 and evals[-1] < evals[0]
+    assert os.path.exists(out / "adapter" / "adapter_model.safetensors")

@@ -138,6 +138,7 @@ def run_finetune(model_path: str, data: str, output: str, recipe: LoraRecipe,
         save_steps=recipe.save_steps, save_total_limit=recipe.save_total_limit,
         logging_steps=recipe.logging_steps, report_to=[], remove_unused_columns=False,
         use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0,
+        ddp_find_unused_parameters=False,  # every LoRA weight is used in every step
     )
     stop = stop or StopRequest()
     stop.install()
