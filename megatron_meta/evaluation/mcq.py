@@ -69,7 +69,9 @@ class McqConfig:
 
 
 def _label(path: str) -> str:
-    return os.path.basename(os.path.normpath(path))
+    """The folder's name, or its parent's when the folder is a generic ``hf`` export."""
+    parts = os.path.normpath(os.path.abspath(path)).split(os.sep)
+    return parts[-2] if parts[-1] == "hf" and len(parts) > 1 else parts[-1]
 
 
 def _base_url(setting: str, repeat: int) -> Optional[str]:
