@@ -242,3 +242,23 @@ def test_question_sample_is_seeded_and_in_file_order(bench):
     assert picked == select_questions(qs, sample=2, seed=3) and len(picked) == 2
     assert [q.index for q in picked] == sorted(q.index for q in picked)
     assert select_questions(qs, limit=3) == qs[:3] and select_questions(qs, sample=10) == qs
+
+
+def test_shuffled_options_keep_the_answer_and_the_scorer_follows_it(unigram, bench):
+    import random
+
+    from megatron_meta.evaluation.mcq import McqConfig, score_model
+
+    qs = read_benchmark(bench)
+    for q in qs:
+        s = q.shuffled(random.Random(1))
+        assert sorted(s.options) == sorted(q.options) and s.options[s.answer] == q.options[q.answer]
+    config = McqConfig(models=[unigram[0]], benchmark=bench, repeats=3, shuffle_options=True)
+    records = score_model(unigram[0], qs, config, "uni")
+    assert all(r["correct"] for r in records)  # the unigram model prefers the answer's text
+    assert len({r["answer"] for r in records}) > 1  # ... wherever it is shown
+    assert all(r["options"][r["answer"]] == qs[r["question"]].options[qs[r["question"]].answer]
+               for r in records)
+    by_setting = {(r["repeat"], r["question"]): r["options"] for r in records if r["setting"] == "with"}
+    assert all(by_setting[(r["repeat"], r["question"])] == r["options"]
+               for r in records if r["setting"] == "without")  # paired: the same order

@@ -40,6 +40,9 @@ def add_mcq_parsers(sub) -> None:
     m.add_argument("--limit", type=int, help="only the first N questions")
     m.add_argument("--sample", type=int, help="a seeded random sample of N questions (all regions), "
                    "for a quick estimate of the slow generation protocol")
+    m.add_argument("--shuffle-options", action="store_true",
+                   help="seeded random option order per question and repeat (the released file "
+                   "has the right answer first in 780 of 800 questions)")
     m.add_argument("--seed", type=int, default=42)
     m.add_argument("--output", required=True, metavar="RESULTS.json",
                    help="per-question records; RESULTS.md and RESULTS.png are written beside it")
@@ -67,9 +70,14 @@ def _mcq(args: argparse.Namespace) -> int:
         models=args.model, benchmark=args.benchmark, scoring=args.scoring, settings=args.metadata,
         repeats=args.repeats, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
         top_p=args.top_p, batch_size=args.batch_size, limit=args.limit, seed=args.seed,
-        chat_template=args.chat_template,
+        chat_template=args.chat_template, shuffle_options=args.shuffle_options,
     )
     questions = select_questions(read_benchmark(args.benchmark), args.limit, args.sample, args.seed)
+    first = sum(q.answer == 0 for q in questions)
+    if not args.shuffle_options and first > 0.5 * len(questions):
+        logger.warning("the right answer is option A in %d of %d questions: letter preferences "
+                       "inflate accuracy; --shuffle-options shows the options in random order",
+                       first, len(questions))
     records = []
     for i, path in enumerate(args.model):
         records += score_model(path, questions, config, args.label[i] if args.label else None)

@@ -36,6 +36,13 @@ class Question:
     continent: str
     """Continent as the region table names it (``Africa``)."""
 
+    def shuffled(self, rng) -> "Question":
+        """The same question with its options in a random order (the answer index follows)."""
+        order = list(range(len(self.options)))
+        rng.shuffle(order)
+        return dataclasses.replace(self, options=tuple(self.options[i] for i in order),
+                                   answer=order.index(self.answer))
+
 
 def read_benchmark(path: str, regions: RegionTable | None = None) -> List[Question]:
     """All questions of ``path``; a :class:`DataError` listing every bad line otherwise."""
