@@ -1,4 +1,4 @@
-"""``megatron-meta evaluate``: per-region perplexity with and without metadata, and its report.
+"""``megatron-meta evaluate``: perplexity (per region, counterfactual, by context length), the MCQ benchmark, reports.
 
     megatron-meta evaluate perplexity --load runs/demo/models/full \\
         --data-manifest runs/demo/data/news.manifest.json --variants full,none \\
