@@ -1,4 +1,5 @@
-"""``megatron-meta evaluate``: perplexity (per region, counterfactual, by context length), the MCQ benchmark, reports.
+"""``megatron-meta evaluate``: perplexity (per region, counterfactual, by context length),
+the MCQ benchmark and its harness task, reports.
 
     megatron-meta evaluate perplexity --load runs/demo/models/full \\
         --data-manifest runs/demo/data/news.manifest.json --variants full,none \\
