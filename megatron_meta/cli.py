@@ -22,7 +22,9 @@ SUBCOMMANDS: Dict[str, Tuple[str, str]] = {
     "inspect": ("megatron_meta.preprocess.inspect", "count and decode documents of a shard"),
     "train": ("megatron_meta.training.cli", "pretrain a model (launch with torchrun)"),
     "convert": ("megatron_meta.convert.cli", "convert checkpoints to/from Hugging Face (to-hf, from-hf)"),
-    "evaluate": ("megatron_meta.evaluation.cli", "per-region perplexity with/without metadata"),
+    "finetune": ("megatron_meta.finetune.cli", "LoRA instruction tuning (+ merge, make-data)"),
+    "evaluate": ("megatron_meta.evaluation.cli", "perplexity, MCQ accuracy, harness task, reports"),
+    "generate": ("megatron_meta.evaluation.generate", "sample from a model with a metadata prefix"),
     "demo": ("megatron_meta.demo", "the end-to-end demo on the embedded news corpus"),
 }
 

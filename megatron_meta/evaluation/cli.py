@@ -1,9 +1,16 @@
-"""``megatron-meta evaluate``: per-region perplexity with and without metadata, and its report.
+"""``megatron-meta evaluate``: perplexity (per region, counterfactual, by context length),
+the MCQ benchmark and its harness task, reports.
 
     megatron-meta evaluate perplexity --load runs/demo/models/full \\
         --data-manifest runs/demo/data/news.manifest.json --variants full,none \\
         --max-documents 1000 --seq-length 1024 --output results/full.json [--label full]
     megatron-meta evaluate report results/full.json results/none.json --output-prefix results/ppl
+    megatron-meta evaluate mcq --model DIR [DIR ...] --benchmark qa.jsonl --scoring loglik \\
+        --metadata with,without --output results/mcq.json
+    megatron-meta evaluate lm-eval-task --benchmark qa.jsonl --output tasks/
+    megatron-meta evaluate counterfactual --model M --data-manifest M.json --output cf.json
+    megatron-meta evaluate context-length --model M --data-manifest M.json --lengths 16,64,256,1024 \\
+        --output ctx.json
 
 ``perplexity`` scores held-out test documents of every region of the manifest in each variant
 (the model's training variant is "with metadata", ``none`` is "without"), counting the loss
@@ -18,6 +25,8 @@ import logging
 from typing import List
 
 from megatron_meta.errors import ConfigError
+from megatron_meta.evaluation.mcq_cli import MCQ_COMMANDS, add_mcq_parsers
+from megatron_meta.evaluation.studies_cli import STUDY_COMMANDS, add_study_parsers
 from megatron_meta.metadata.formatting import parse_variants
 
 logger = logging.getLogger(__name__)
@@ -35,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="megatron-meta evaluate", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{perplexity,report}")
+    sub = parser.add_subparsers(dest="command", required=True,
+                                metavar="{perplexity,report,mcq,lm-eval-task,counterfactual,context-length}")
 
     p = sub.add_parser("perplexity", help="per-region perplexity of a checkpoint on held-out docs")
     p.add_argument("--load", required=True, metavar="CKPT", help="checkpoint folder (--save of train)")
@@ -58,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("results", nargs="+", metavar="RESULTS.json")
     r.add_argument("--output-prefix", required=True, metavar="P", help="writes P.md and P.png")
     r.add_argument("--title", default="", help="chart and document title")
+    add_mcq_parsers(sub)
+    add_study_parsers(sub)
     return parser
 
 
@@ -94,6 +106,11 @@ def _report(args: argparse.Namespace) -> int:
         raise ConfigError(f"{', '.join(args.results)}: no results in these files")
     print(write_report(results, args.output_prefix, args.title))
     print(f"\nwrote {args.output_prefix}.md and {args.output_prefix}.png")
+    if len({r.model for r in results}) > 1:
+        from megatron_meta.evaluation.matrix import write_matrix
+
+        print("\n" + write_matrix(results, args.output_prefix, args.title))
+        print(f"\nwrote {args.output_prefix}.matrix.md and {args.output_prefix}.matrix.png")
     return 0
 
 
@@ -101,6 +118,10 @@ def main(argv: List[str]) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "perplexity":
         return _perplexity(args)
+    if args.command in MCQ_COMMANDS:
+        return MCQ_COMMANDS[args.command](args)
+    if args.command in STUDY_COMMANDS:
+        return STUDY_COMMANDS[args.command](args)
     return _report(args)
 
 

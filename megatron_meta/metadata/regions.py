@@ -415,3 +415,12 @@ class RegionTable:
     def codes(self) -> FrozenSet[str]:
         """All codes the table knows."""
         return frozenset(self._continents)
+
+
+def country_name(code: str) -> str:
+    """English name of an ISO alpha-2 code (``"ng"`` -> ``"Nigeria"``); the code when unknown."""
+    for line in _ISO_DATA.strip().splitlines():
+        alpha2, _, _, names = line.split("|")
+        if alpha2 == code.lower():
+            return names.split(";")[0]
+    return code

@@ -1,0 +1,116 @@
+"""Flags of ``evaluate mcq`` and ``evaluate lm-eval-task`` (kept apart from the perplexity CLI)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from typing import Callable, Dict
+
+from megatron_meta.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+
+def _settings(spec: str):
+    names = [s.strip() for s in spec.split(",") if s.strip()]
+    bad = [n for n in names if n not in ("with", "without")]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(f"give with, without or with,without; got {spec!r}")
+    return list(dict.fromkeys(names))
+
+
+def add_mcq_parsers(sub) -> None:
+    m = sub.add_parser("mcq", help="accuracy on the localized multiple-choice benchmark")
+    m.add_argument("--model", nargs="+", required=True, metavar="M",
+                   help="Hugging Face folders or megatron-meta checkpoints (several at once)")
+    m.add_argument("--label", nargs="+", help="names of the models in the results (default: folder names)")
+    m.add_argument("--benchmark", required=True, metavar="FILE", help="benchmark JSONL")
+    m.add_argument("--scoring", choices=("loglik", "generate"), default="loglik")
+    m.add_argument("--metadata", type=_settings, default=["with", "without"],
+                   help="with, without or with,without (default: both)")
+    m.add_argument("--repeats", type=int, help="made-up base URLs (and sampling seeds) per setting "
+                   "(default: 10 for generate, 1 for loglik)")
+    m.add_argument("--max-new-tokens", type=int, default=128)
+    m.add_argument("--temperature", type=float, default=0.6, help="0 = greedy (default: 0.6)")
+    m.add_argument("--top-p", type=float, default=0.9)
+    m.add_argument("--batch-size", type=int, default=16, help="prompts generated together")
+    m.add_argument("--chat-template", choices=("auto", "on", "off"), default="auto",
+                   help="generation prompts through the tokenizer's chat template (default: auto)")
+    m.add_argument("--limit", type=int, help="only the first N questions")
+    m.add_argument("--sample", type=int, help="a seeded random sample of N questions (all regions), "
+                   "for a quick estimate of the slow generation protocol")
+    m.add_argument("--shuffle-options", action="store_true",
+                   help="seeded random option order per question and repeat (the released file "
+                   "has the right answer first in 780 of 800 questions)")
+    m.add_argument("--seed", type=int, default=42)
+    m.add_argument("--output", required=True, metavar="RESULTS.json",
+                   help="per-question records; RESULTS.md and RESULTS.png are written beside it")
+
+    t = sub.add_parser("lm-eval-task", help="write an lm-evaluation-harness task for the benchmark")
+    t.add_argument("--benchmark", required=True, metavar="FILE", help="benchmark JSONL")
+    t.add_argument("--output", required=True, metavar="DIR", help="task folder (for --include_path)")
+    t.add_argument("--name", default="metacul_mcq", help="task name prefix (default: metacul_mcq)")
+    t.add_argument("--base-url", default=None, help="made-up URL of the with-metadata task "
+                   "(default: the first of the documented list)")
+
+
+def _mcq(args: argparse.Namespace) -> int:
+    from megatron_meta.evaluation.mcq import McqConfig, score_model, write_records
+    from megatron_meta.evaluation.mcq_data import read_benchmark
+    from megatron_meta.evaluation.mcq_report import write_mcq_report
+
+    if args.label and len(args.label) != len(args.model):
+        raise ConfigError(f"--label: {len(args.label)} names for {len(args.model)} --model paths")
+    for flag, value in (("--repeats", args.repeats), ("--limit", args.limit), ("--sample", args.sample),
+                        ("--batch-size", args.batch_size), ("--max-new-tokens", args.max_new_tokens)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{flag} {value}: must be at least 1")
+    config = McqConfig(
+        models=args.model, benchmark=args.benchmark, scoring=args.scoring, settings=args.metadata,
+        repeats=args.repeats, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+        top_p=args.top_p, batch_size=args.batch_size, limit=args.limit, seed=args.seed,
+        chat_template=args.chat_template, shuffle_options=args.shuffle_options,
+    )
+    questions = select_questions(read_benchmark(args.benchmark), args.limit, args.sample, args.seed)
+    first = sum(q.answer == 0 for q in questions)
+    if not args.shuffle_options and first > 0.5 * len(questions):
+        logger.warning("the right answer is option A in %d of %d questions: letter preferences "
+                       "inflate accuracy; --shuffle-options shows the options in random order",
+                       first, len(questions))
+    records = []
+    for i, path in enumerate(args.model):
+        records += score_model(path, questions, config, args.label[i] if args.label else None)
+    write_records(args.output, records, config)
+    prefix = os.path.splitext(args.output)[0]
+    print(write_mcq_report(records, prefix, f"{os.path.basename(args.benchmark)}: {args.scoring}"))
+    print(f"\nwrote {args.output}, {prefix}.md and {prefix}.png")
+    return 0
+
+
+def select_questions(questions, limit=None, sample=None, seed=42):
+    """The first ``limit`` questions, then a seeded sample of ``sample`` of them (in file order)."""
+    import random
+
+    questions = questions[:limit]
+    if sample is not None and sample < len(questions):
+        keep = sorted(random.Random(seed).sample(range(len(questions)), sample))
+        questions = [questions[i] for i in keep]
+    return questions
+
+
+def _lm_eval_task(args: argparse.Namespace) -> int:
+    from megatron_meta.evaluation.harness_task import write_harness_tasks
+
+    names = write_harness_tasks(args.benchmark, args.output, args.name, args.base_url)
+    print(f"wrote tasks {', '.join(names)} in {args.output}; run e.g.\n"
+          f"  HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1 lm_eval --model hf --model_args "
+          f"pretrained=MODEL_DIR,dtype=float32 --include_path {os.path.abspath(args.output)} "
+          f"--tasks {','.join(names)} --device cpu")
+    return 0
+
+
+MCQ_COMMANDS: Dict[str, Callable[[argparse.Namespace], int]] = {
+    "mcq": _mcq,
+    "lm-eval-task": _lm_eval_task,
+}

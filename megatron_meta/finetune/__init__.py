@@ -1,0 +1,1 @@
+"""LoRA instruction tuning on Hugging Face models (peft + transformers), and merging adapters."""

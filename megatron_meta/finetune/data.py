@@ -1,0 +1,146 @@
+"""Alpaca-format instruction data: reading, the seeded split, prompts and response-only labels.
+
+Records are ``{"instruction", "input", "output"}`` (``input`` optional), as a JSON list or JSONL.
+The prompt goes through the tokenizer's chat template when it has one (the instruction, then a
+blank line and the input, as the user turn); otherwise through the plain template
+:data:`PLAIN_TEMPLATE`. Loss counts only the response tokens (and the end-of-turn marker).
+
+With metadata wrapping (the paper's metadata variant) the user text is preceded by a made-up
+facts page in the training format: ``URL: {made-up site}/{cc}\\nCOUNTRY: {cc}\\nCONTINENT: {C}\\n\\n
+TITLE: Facts about the country {cc}\\n\\nCONTENT:\\n``, drawn with the recipe's seed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+from typing import Dict, List, Sequence, Tuple
+
+from megatron_meta.errors import DataError
+from megatron_meta.metadata.synthetic import random_facts_prefix
+
+PLAIN_TEMPLATE = "### Instruction:\n{instruction}\n\n### Response:\n"
+"""Prompt of a tokenizer without a chat template (``{instruction}`` includes the input)."""
+
+IGNORE = -100
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+    instruction: str
+    input: str
+    output: str
+    where: str
+    """``file:line`` (or ``file[i]`` in a JSON list), for messages."""
+
+
+def read_alpaca(path: str, limit: int | None = None) -> List[Example]:
+    """Every record of ``path``; a :class:`DataError` counting and naming the bad ones."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"--data {path}: cannot read ({e})") from e
+    items: List[Tuple[str, object]] = []
+    problems: List[str] = []
+    if text.lstrip().startswith("["):
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from e
+        items = [(f"{path}[{i}]", row) for i, row in enumerate(rows)]
+    else:
+        for lineno, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    items.append((f"{path}:{lineno}", json.loads(line)))
+                except json.JSONDecodeError as e:
+                    problems.append(f"{path}:{lineno}: invalid JSON ({e.msg})")
+    examples = []
+    for where, row in items:
+        if not isinstance(row, dict):
+            problems.append(f"{where}: not an object")
+        elif not str(row.get("instruction") or "").strip():
+            problems.append(f"{where}: no 'instruction'")
+        elif not isinstance(row.get("output"), str) or not row["output"].strip():
+            problems.append(f"{where}: no 'output'")
+        else:
+            examples.append(Example(str(row["instruction"]), str(row.get("input") or ""),
+                                    row["output"], where))
+    if problems:
+        shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+        raise DataError(f"{len(problems)} bad instruction record(s): {shown}")
+    if len(examples) < 2:
+        raise DataError(f"--data {path}: {len(examples)} record(s); need at least 2 to split")
+    return examples[:limit] if limit else examples
+
+
+def split(examples: Sequence[Example], valid_fraction: float, seed: int) -> Tuple[List[Example], List[Example]]:
+    """Seeded shuffle, then (train, valid); each side keeps at least one example."""
+    order = list(examples)
+    random.Random(seed).shuffle(order)
+    n_valid = min(len(order) - 1, max(1, round(len(order) * valid_fraction)))
+    return order[n_valid:], order[:n_valid]
+
+
+def user_text(ex: Example) -> str:
+    return ex.instruction + (f"\n\n{ex.input}" if ex.input.strip() else "")
+
+
+def render(tokenizer, ex: Example, prefix: str = "") -> Tuple[str, str]:
+    """(prompt, prompt + response) as text; the response ends with the end-of-turn marker."""
+    content = prefix + user_text(ex)
+    if getattr(tokenizer, "chat_template", None):
+        prompt = tokenizer.apply_chat_template(
+            [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True)
+        full = tokenizer.apply_chat_template(
+            [{"role": "user", "content": content}, {"role": "assistant", "content": ex.output}],
+            tokenize=False)
+        if full.startswith(prompt):
+            return prompt, full
+    prompt = PLAIN_TEMPLATE.format(instruction=content)
+    return prompt, prompt + ex.output + (tokenizer.eos_token or "")
+
+
+def encode(tokenizer, ex: Example, seq_length: int, prefix: str = "") -> Dict[str, List[int]]:
+    """``input_ids`` and ``labels`` (prompt tokens ignored), cut to ``seq_length``."""
+    prompt, full = render(tokenizer, ex, prefix)
+    # Special tokens are in the template's text already; the tokenizer must not add a second BOS.
+    chat = bool(getattr(tokenizer, "chat_template", None))
+    prompt_ids = tokenizer.encode(prompt, add_special_tokens=not chat)
+    ids = tokenizer.encode(full, add_special_tokens=not chat)[:seq_length]
+    n_prompt = min(len(prompt_ids), len(ids))
+    return {"input_ids": ids, "labels": [IGNORE] * n_prompt + ids[n_prompt:]}
+
+
+def encode_all(tokenizer, examples: Sequence[Example], seq_length: int, metadata_wrap: bool,
+               seed: int) -> List[Dict[str, List[int]]]:
+    """Encoded examples; those whose response is cut away entirely are dropped."""
+    rng = random.Random(seed)
+    out = []
+    for ex in examples:
+        prefix = random_facts_prefix(rng) if metadata_wrap else ""
+        item = encode(tokenizer, ex, seq_length, prefix)
+        if any(label != IGNORE for label in item["labels"]):
+            out.append(item)
+    return out
+
+
+def pad_collate(pad_id: int):
+    """Collator: right-pads ``input_ids`` with ``pad_id`` and ``labels`` with the ignore index."""
+    import torch
+
+    def collate(batch: List[Dict[str, List[int]]]) -> Dict[str, "torch.Tensor"]:
+        width = max(len(b["input_ids"]) for b in batch)
+        ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+        labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for i, b in enumerate(batch):
+            n = len(b["input_ids"])
+            ids[i, :n] = torch.tensor(b["input_ids"])
+            labels[i, :n] = torch.tensor(b["labels"])
+            mask[i, :n] = 1
+        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+    return collate
