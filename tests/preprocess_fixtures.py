@@ -92,10 +92,11 @@ def training_texts(docs: List[Document]) -> List[str]:
 
 
 def train_hf_tokenizer(path: str, texts: List[str], style: str = "llama3", vocab: int = 400) -> str:
-    """A byte-level BPE ``tokenizer.json`` (``llama3``: regex Split + ByteLevel; ``gpt2``)."""
+    """A byte-level BPE ``tokenizer.json`` (``llama3``: regex Split + ByteLevel; ``gpt2``;
+    ``gpt2_digits``: Digits then GPT-2's ByteLevel regex)."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    from megatron_meta.tokenizer.batch import NEWLINE_SAFE_PATTERNS
+    from megatron_meta.tokenizer.proofs import NEWLINE_SAFE_PATTERNS
 
     tok = Tokenizer(models.BPE())
     if style == "llama3":
@@ -103,6 +104,13 @@ def train_hf_tokenizer(path: str, texts: List[str], style: str = "llama3", vocab
             [
                 pre_tokenizers.Split(Regex(NEWLINE_SAFE_PATTERNS[0]), behavior="isolated"),
                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
+    elif style == "gpt2_digits":  # StarCoder / SmolLM-style: digits split before GPT-2's regex
+        tok.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Digits(individual_digits=True),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
             ]
         )
     else:
@@ -117,6 +125,28 @@ def train_hf_tokenizer(path: str, texts: List[str], style: str = "llama3", vocab
     tok.train_from_iterator(texts, trainer)
     tok.save(path)
     return path
+
+
+def train_foreign_sentencepiece(prefix: str, texts: List[str], vocab: int = 600) -> str:
+    """A Llama-2 / Mistral-style SentencePiece BPE: dummy prefix, byte fallback, identity
+    normalizer, and ``"\n"`` in no piece (it becomes ``<0x0A>``), unlike ``train-tokenizer``."""
+    import sentencepiece as spm
+
+    lines = [line for t in texts for line in t.split("\n") if line]
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines),
+        model_prefix=prefix,
+        vocab_size=vocab,
+        model_type="bpe",
+        normalization_rule_name="identity",
+        add_dummy_prefix=True,
+        remove_extra_whitespaces=False,
+        byte_fallback=True,
+        hard_vocab_limit=False,
+        num_threads=1,
+        minloglevel=2,
+    )
+    return prefix + ".model"
 
 
 def _bytes_decoder() -> Dict[str, int]:
@@ -183,6 +213,10 @@ def build_tokenizers(folder: str, docs: List[Document]) -> Dict[str, str]:
             texts + [t.replace("\n\n", "\n\n ") for t in texts],
             "gpt2",
         ),
+        "hf_gpt2_digits": train_hf_tokenizer(
+            os.path.join(folder, "gpt2_digits.json"), texts, "gpt2_digits"
+        ),
+        "sp_llama2": train_foreign_sentencepiece(os.path.join(folder, "sp_llama2"), texts),
     }
     paths["tiktoken"] = write_tiktoken_vocab(
         os.path.join(folder, "tiktoken.json"), paths["hf_llama3"]
@@ -195,6 +229,8 @@ TOKENIZER_TYPES = {
     "sp_unigram": "SentencePieceTokenizer",
     "hf_llama3": "HuggingFaceTokenizer",
     "hf_gpt2": "HuggingFaceTokenizer",
+    "hf_gpt2_digits": "HuggingFaceTokenizer",
+    "sp_llama2": "SentencePieceTokenizer",
     "tiktoken": "TikTokenizer",
 }
 

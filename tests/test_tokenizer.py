@@ -17,7 +17,8 @@ from megatron_meta.metadata.formatting import (
     metadata_prefix,
 )
 from megatron_meta.tokenizer import decode, load_tokenizer
-from megatron_meta.tokenizer.batch import NEWLINE_SAFE_PATTERNS, BatchEncoder, prefix_split_proof
+from megatron_meta.tokenizer.batch import BatchEncoder
+from megatron_meta.tokenizer.proofs import NEWLINE_SAFE_PATTERNS, prefix_split_proof, sharing_plan
 from megatron_meta.tokenizer.train import main as train_main
 from megatron_meta.tokenizer.train import train_sentencepiece
 
@@ -83,6 +84,8 @@ def test_loading_writes_nothing_next_to_the_model(toks):
         ("sp_unigram", False),
         ("hf_llama3", True),
         ("hf_gpt2", False),
+        ("hf_gpt2_digits", False),
+        ("sp_llama2", False),
         ("tiktoken", True),
     ],
 )
@@ -106,6 +109,48 @@ def test_prefix_split_proof(toks, docs, name, safe):
             pieces = cut.split(text)
             assert len(pieces) > 1
             assert tok.tokenize(text) == [i for p in pieces for i in tok.tokenize(p)]
+
+
+@pytest.mark.parametrize(
+    "name,family",
+    [
+        ("sp_bpe", "atomic-newline"),
+        ("sp_unigram", None),
+        ("hf_llama3", "newline-run"),
+        ("hf_gpt2", "gpt2-regex"),
+        ("hf_gpt2_digits", "gpt2-regex"),
+        ("sp_llama2", "dummy-prefix"),
+        ("tiktoken", "newline-run"),
+    ],
+)
+def test_sharing_plan_cuts_are_exact(toks, docs, name, family):
+    """Each family's plan, applied by hand to every document and variant: the pieces' ids
+    (sentinel stripped) joined give exactly the whole text's ids."""
+    tok = load_tokenizer(TOKENIZER_TYPES[name], toks[name])
+    plan, reason = sharing_plan(tok)
+    assert (plan.family if plan else None) == family, reason
+    if plan is None:
+        return
+    context = list(tok.tokenize(plan.context)) if plan.context else []
+
+    def ids(piece, behind):
+        if not (behind and context):
+            return list(tok.tokenize(piece))
+        got = list(tok.tokenize(plan.context + piece))
+        assert got[: len(context)] == context
+        return got[len(context) :]
+
+    for d in docs:
+        for v in VARIANTS:
+            prefix = metadata_prefix(d, v)
+            lines = [line + "\n" for line in prefix.split("\n")[:-2]] if prefix else []
+            if lines and plan.split_blank_line:
+                lines.append("\n")
+            elif lines:
+                lines[-1] += "\n"
+            pieces = lines + [document_body(d)]
+            joined = [i for k, p in enumerate(pieces) for i in ids(p, k > 0)]
+            assert joined == tok.tokenize(format_document(d, v)), (v, d.id)
 
 
 def test_gpt2_style_pretokenizer_really_breaks_prefix_splitting(toks, docs):
@@ -197,3 +242,35 @@ def test_train_tokenizer_cli_reports_bad_record_location(tmp_path, docs):
     with pytest.raises(DataError, match=r"c\.jsonl:6"):
         train_main(["--input", data, "--output-prefix", str(tmp_path / "t"), "--vocab-size", "400"])
     assert not list(p for p in tmp_path.iterdir() if p.name.startswith("t."))
+
+
+@pytest.mark.parametrize(
+    "edit,why",
+    [
+        (lambda s: s["pre_tokenizer"].update(add_prefix_space=True), "prefix space"),
+        (lambda s: s.update(normalizer={"type": "NFC"}), "normalizer"),
+        (lambda s: s["pre_tokenizer"].update(use_regex=False), "without a regex"),
+    ],
+)
+def test_unproven_hugging_face_variants_fall_back_and_say_why(
+    toks, docs, tmp_path, caplog, edit, why
+):
+    import json
+    import logging
+
+    from megatron_meta.preprocess.pipeline import EncoderConfig
+    from megatron_meta.preprocess.sharing import choose_shared_body
+
+    with open(toks["hf_gpt2"], encoding="utf-8") as f:
+        spec = json.load(f)
+    edit(spec)
+    path = tmp_path / "edited.json"
+    path.write_text(json.dumps(spec), encoding="utf-8")
+    tok = load_tokenizer("HuggingFaceTokenizer", str(path))
+    plan, reason = sharing_plan(tok)
+    assert plan is None and why in reason
+    config = EncoderConfig("HuggingFaceTokenizer", str(path), list(VARIANTS))
+    with caplog.at_level(logging.INFO, logger="megatron_meta.preprocess.sharing"):
+        shared, library = choose_shared_body(tok, config, docs[:4])
+    assert shared is None and library is not None  # still batch-encoded, one call a chunk
+    assert f"no shared body: {reason}" in caplog.text

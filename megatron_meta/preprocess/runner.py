@@ -187,7 +187,7 @@ def _run(config: PreprocessConfig, pool: Optional[WorkerPool]) -> PreprocessResu
         held_out=int(counts["held_out"]),
         text_bytes=int(counts["text_bytes"]),
         seconds=counts["seconds"],
-        shared_body=enc_config.shared_body,
+        shared_body=bool(enc_config.shared_body),
     )
 
 
