@@ -9,7 +9,6 @@ tiktoken vocabulary in megatron-core's JSON format derived from the byte-level B
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import random
@@ -149,53 +148,9 @@ def train_foreign_sentencepiece(prefix: str, texts: List[str], vocab: int = 600)
     return prefix + ".model"
 
 
-def _bytes_decoder() -> Dict[str, int]:
-    """GPT-2's byte <-> printable-character table, inverted."""
-    bs = (
-        list(range(ord("!"), ord("~") + 1))
-        + list(range(ord("¡"), ord("¬") + 1))
-        + list(range(ord("®"), ord("ÿ") + 1))
-    )
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return {chr(c): b for b, c in zip(bs, cs)}
-
-
-def write_tiktoken_vocab(path: str, hf_tokenizer_json: str) -> str:
-    """megatron-core's tiktoken format (rank/token_bytes/token_str list) from a byte-level BPE."""
-    with open(hf_tokenizer_json, encoding="utf-8") as f:
-        spec = json.load(f)
-    decoder = _bytes_decoder()
-    vocab = sorted(spec["model"]["vocab"].items(), key=lambda kv: kv[1])
-    ranks = [bytes([i]) for i in range(256)]
-    seen = set(ranks)
-    for token, _ in vocab:
-        if token.startswith("<|"):
-            continue
-        raw = bytes(decoder[c] for c in token)
-        if raw not in seen:
-            seen.add(raw)
-            ranks.append(raw)
-    entries = [
-        {
-            "rank": i,
-            "token_bytes": base64.b64encode(b).decode(),
-            "token_str": b.decode("utf-8", "replace"),
-        }
-        for i, b in enumerate(ranks)
-    ]
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(entries, f)
-    return path
-
-
 def build_tokenizers(folder: str, docs: List[Document]) -> Dict[str, str]:
     """All test tokenizers in ``folder``: name -> model path."""
+    from megatron_meta.tokenizer.tiktoken_file import tiktoken_vocab_from_bytelevel_bpe
     from megatron_meta.tokenizer.train import train_sentencepiece
 
     os.makedirs(folder, exist_ok=True)
@@ -218,7 +173,7 @@ def build_tokenizers(folder: str, docs: List[Document]) -> Dict[str, str]:
         ),
         "sp_llama2": train_foreign_sentencepiece(os.path.join(folder, "sp_llama2"), texts),
     }
-    paths["tiktoken"] = write_tiktoken_vocab(
+    paths["tiktoken"] = tiktoken_vocab_from_bytelevel_bpe(
         os.path.join(folder, "tiktoken.json"), paths["hf_llama3"]
     )
     return paths

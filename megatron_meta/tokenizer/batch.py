@@ -42,10 +42,9 @@ class LibraryEncoder:
         if self.kind == "tiktoken-batch":
             batches = self.inner.encode_batch(texts, num_threads=1, allowed_special="all")
             return [np.asarray(ids, dtype=np.int32) for ids in batches]
-        return [
-            np.asarray(e.ids, dtype=np.int32)
-            for e in self.inner.encode_batch(texts, add_special_tokens=False)
-        ]
+        # encode_batch_fast (tokenizers >= 0.21) skips the character offsets we never read.
+        encode = getattr(self.inner, "encode_batch_fast", None) or self.inner.encode_batch
+        return [np.asarray(e.ids, dtype=np.int32) for e in encode(texts, add_special_tokens=False)]
 
     def decode(self, ids: Sequence[int]) -> str:
         ids = [int(i) for i in ids]
