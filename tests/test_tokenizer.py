@@ -169,6 +169,15 @@ def test_megatron_tiktoken_patterns_are_the_analysed_ones():
     assert tt._PATTERN_TIKTOKEN_V2 in NEWLINE_SAFE_PATTERNS
 
 
+def test_openai_patterns_are_the_analysed_ones(monkeypatch):
+    # cl100k and o200k as the tiktoken package defines them (no download: ranks stubbed out).
+    import tiktoken_ext.openai_public as openai
+
+    monkeypatch.setattr(openai, "load_tiktoken_bpe", lambda *a, **k: {})
+    for name in ("cl100k_base", "o200k_base"):
+        assert openai.ENCODING_CONSTRUCTORS[name]()["pat_str"] in NEWLINE_SAFE_PATTERNS, name
+
+
 def test_tiktoken_decode_is_exact_for_split_characters(toks):
     tok = load_tokenizer("TikTokenizer", toks["tiktoken"])
     text = "東京 and Zürich — “quoted”"

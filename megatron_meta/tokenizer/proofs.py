@@ -43,7 +43,9 @@ import json
 from typing import Optional, Tuple
 
 # Pre-tokenizer patterns checked by hand (module docstring): Llama-3 / cl100k, megatron-core's
-# TikTokenTokenizer v1 and v2, and o200k.
+# TikTokenTokenizer v1 and v2, o200k, and cl100k as tiktoken writes it today. The latter's
+# ``\s++$`` makes trailing whitespace one pre-token at the end of a text; a piece ends in "\n", and
+# in the whole text ``\s*[\r\n]`` takes the same run when a non-space follows.
 NEWLINE_SAFE_PATTERNS = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
     r"|\s*[\r\n]+|\s+(?!\S)|\s+",
@@ -58,6 +60,8 @@ NEWLINE_SAFE_PATTERNS = (
     r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*"
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
     r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+    r"'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+"
+    r"|\s++$|\s*[\r\n]|\s+(?!\S)|\s",
 )
 # GPT-2's pattern, the one ByteLevel(use_regex=True) applies.
 GPT2_PATTERN = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
