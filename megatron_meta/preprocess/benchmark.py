@@ -13,7 +13,9 @@ number of workers everywhere, for each tokenizer family of
 Throughput is MB/s of formatted ``full`` text for all rows (so ratios are ratios of wall time);
 each timing is the best of ``--repeats``, contenders alternating (the machine may be shared). CPU
 time is split into the main process (reading, parsing, hold-out routing, pickling, writing) and the
-workers; their ratio says at how many workers the main process would need a whole core. Peak
+workers; their ratio says at how many workers the main process would need a whole core. On a
+shared machine wall times swing with outside load; CPU times move much less, so ratios of both
+are printed. Peak
 memory: ``megatron-meta preprocess`` run as a subprocess on 1x and 2x the input, sampling the RSS
 of its process tree (main + workers; RSS double-counts pages shared after fork, so the sum is an
 upper bound) and PSS where the kernel provides it.
@@ -259,8 +261,8 @@ def main(argv: List[str]) -> int:
         sys.stdout.flush()
 
     print(
-        "\n| family | shared body | bound MB/s | 1 variant MB/s | 1 variant / bound | "
-        "7 variants / 1 | main CPU-s/MB | workers CPU-s/MB | main saturates at | "
+        "\n| family | shared body | bound MB/s | 1 variant MB/s | 1 variant / bound (wall; CPU) | "
+        "7 variants / 1 (wall; CPU) | main CPU-s/MB | workers CPU-s/MB | main saturates at | "
         "peak RSS sum 1x / 2x (MB) | peak PSS 1x / 2x (MB) |"
         "\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     )
@@ -271,8 +273,9 @@ def main(argv: List[str]) -> int:
         pss = " / ".join(f"{memory[k]['tree_pss']:.0f}" for k in ("1x", "2x")) if memory else "-"
         print(
             f"| {family.name} | {shared.split(' (')[0]} | {mb / b[0]:.2f} | {mb / o1[0]:.2f} | "
-            f"{b[0] / o1[0]:.3f} | {o7[0] / o1[0]:.2f} | {o1[1] / mb:.4f} | {o1[2] / mb:.3f} | "
-            f"{saturation:.0f} workers | {rss} | {pss} |"
+            f"{b[0] / o1[0]:.3f}; {sum(b[1:]) / sum(o1[1:]):.3f} | "
+            f"{o7[0] / o1[0]:.2f}; {sum(o7[1:]) / sum(o1[1:]):.2f} | {o1[1] / mb:.4f} | "
+            f"{o1[2] / mb:.3f} | {saturation:.0f} workers | {rss} | {pss} |"
         )
     print(f"\nload average at end: {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
     shutil.rmtree(out_dir, ignore_errors=True)
