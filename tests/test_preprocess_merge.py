@@ -4,6 +4,8 @@ one run over the whole corpus; parts of different runs, and missing parts, are r
 import filecmp
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 from preprocess_fixtures import TOKENIZER_TYPES, make_documents, write_jsonl
@@ -135,8 +137,25 @@ def test_merge_refusals(tmp_path, corpus, toks, capsys):
     with pytest.raises(DataError, match="not a part of a partitioned run"):
         merge_parts([whole, p1], str(tmp_path / "m"))
     assert not [f for f in os.listdir(tmp_path) if f.startswith("m")]  # nothing written
-    # The CLI: one line, exit 2.
+    # The CLI and Megatron-LM's tool name: one line, exit 2.
     assert cli_main(["merge", "--input", p0, "--output-prefix", str(tmp_path / "m")]) == 2
     assert "missing from --input" in capsys.readouterr().err
+    tool = os.path.join(os.path.dirname(__file__), "..", "tools", "merge_datasets.py")
+    proc = subprocess.run(
+        [sys.executable, tool, "--input", p0, p1, cases["--seed"], "--output-prefix", "x"],
+        capture_output=True, text=True, cwd=str(tmp_path),
+    )  # fmt: skip
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("merge_datasets.py: error: ")
     with pytest.raises(ConfigError, match="--partition-index 2"):
         run(tmp_path / "bad", corpus, toks, parts=2, index=2)
+
+
+def test_partition_flags_as_the_slurm_array_passes_them(tmp_path):
+    from megatron_meta.preprocess.cli import build_parser, config_from_args
+
+    argv = ["--input", "x.jsonl", "--output-prefix", "p", "--tokenizer-type",
+            "SentencePieceTokenizer", "--tokenizer-model", "t.model",
+            "--partitions", "8", "--partition-index", "7"]  # fmt: skip
+    config = config_from_args(build_parser().parse_args(argv), argv)
+    assert (config.partitions, config.partition_index) == (8, 7)
