@@ -159,3 +159,7 @@ def test_partition_flags_as_the_slurm_array_passes_them(tmp_path):
             "--partitions", "8", "--partition-index", "7"]  # fmt: skip
     config = config_from_args(build_parser().parse_args(argv), argv)
     assert (config.partitions, config.partition_index) == (8, 7)
+    # Megatron-LM users may pass --partitions alone: that must not quietly write one part.
+    argv = argv[:-2]
+    with pytest.raises(ConfigError, match="--partitions 8 needs --partition-index"):
+        config_from_args(build_parser().parse_args(argv), argv)

@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--partition-index",
         type=int,
-        default=0,
+        default=None,
         metavar="I",
         help="which part this run writes, 0..N-1 (e.g. $SLURM_ARRAY_TASK_ID)",
     )
@@ -128,6 +128,13 @@ def config_from_args(args: argparse.Namespace, argv: List[str]) -> PreprocessCon
 
     if args.keep_newlines:
         logger.info("--keep-newlines: newlines are always kept")
+    if args.partitions > 1 and args.partition_index is None:
+        # Megatron-LM's --partitions splits and merges within one run; ours is one part a run.
+        raise ConfigError(
+            f"--partitions {args.partitions} needs --partition-index I (0..{args.partitions - 1}): "
+            "each part is its own run (e.g. a Slurm array), joined by `megatron-meta merge`; "
+            "one run over the whole input needs no --partitions"
+        )
     if args.log_interval <= 0:
         raise ConfigError(f"--log-interval {args.log_interval}: must be positive")
     return PreprocessConfig(
@@ -146,7 +153,7 @@ def config_from_args(args: argparse.Namespace, argv: List[str]) -> PreprocessCon
         log_interval=args.log_interval,
         shared_body=args.shared_body,
         partitions=args.partitions,
-        partition_index=args.partition_index,
+        partition_index=args.partition_index or 0,
         command=["megatron-meta", "preprocess"] + list(argv),
         progress_bar=not args.no_progress,
     )
