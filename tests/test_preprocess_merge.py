@@ -78,6 +78,7 @@ def assert_same_outputs(one_path, merged_path):
     assert merged.partition is None
 
 
+@pytest.mark.slow
 def test_three_parts_merged_equal_one_run(tmp_path, corpus, toks):
     one = run(tmp_path / "one" / "news", corpus, toks)
     # Parts with different worker counts, given to merge out of order, through the CLI.
