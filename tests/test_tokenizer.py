@@ -283,3 +283,15 @@ def test_unproven_hugging_face_variants_fall_back_and_say_why(
         shared, library = choose_shared_body(tok, config, docs[:4])
     assert shared is None and library is not None  # still batch-encoded, one call a chunk
     assert f"no shared body: {reason}" in caplog.text
+
+
+def test_tiktoken_batch_is_exact_with_and_without_special_tokens(toks):
+    # The batch path skips the special-token scan for texts without "<"; texts with special
+    # tokens (encoded as specials, as megatron-core does) or a lone "<" take the full path.
+    tok = load_tokenizer("TikTokenizer", toks["tiktoken"])
+    texts = ["a <s> b </s>", "x < y", "<SPECIAL_5>", "plain text\n\nTITLE: x", ""]
+    batch = BatchEncoder(tok)
+    assert batch.kind == "tiktoken-batch"
+    for text, ids in zip(texts, batch(texts)):
+        assert ids.tolist() == list(tok.tokenize(text))
+    assert tok.eod in batch(["</s>"])[0].tolist()
