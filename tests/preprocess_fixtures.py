@@ -9,7 +9,6 @@ tiktoken vocabulary in megatron-core's JSON format derived from the byte-level B
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import random
@@ -92,10 +91,11 @@ def training_texts(docs: List[Document]) -> List[str]:
 
 
 def train_hf_tokenizer(path: str, texts: List[str], style: str = "llama3", vocab: int = 400) -> str:
-    """A byte-level BPE ``tokenizer.json`` (``llama3``: regex Split + ByteLevel; ``gpt2``)."""
+    """A byte-level BPE ``tokenizer.json`` (``llama3``: regex Split + ByteLevel; ``gpt2``;
+    ``gpt2_digits``: Digits then GPT-2's ByteLevel regex)."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    from megatron_meta.tokenizer.batch import NEWLINE_SAFE_PATTERNS
+    from megatron_meta.tokenizer.proofs import NEWLINE_SAFE_PATTERNS
 
     tok = Tokenizer(models.BPE())
     if style == "llama3":
@@ -103,6 +103,13 @@ def train_hf_tokenizer(path: str, texts: List[str], style: str = "llama3", vocab
             [
                 pre_tokenizers.Split(Regex(NEWLINE_SAFE_PATTERNS[0]), behavior="isolated"),
                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
+    elif style == "gpt2_digits":  # StarCoder / SmolLM-style: digits split before GPT-2's regex
+        tok.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Digits(individual_digits=True),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
             ]
         )
     else:
@@ -119,53 +126,31 @@ def train_hf_tokenizer(path: str, texts: List[str], style: str = "llama3", vocab
     return path
 
 
-def _bytes_decoder() -> Dict[str, int]:
-    """GPT-2's byte <-> printable-character table, inverted."""
-    bs = (
-        list(range(ord("!"), ord("~") + 1))
-        + list(range(ord("¡"), ord("¬") + 1))
-        + list(range(ord("®"), ord("ÿ") + 1))
+def train_foreign_sentencepiece(prefix: str, texts: List[str], vocab: int = 600) -> str:
+    """A Llama-2 / Mistral-style SentencePiece BPE: dummy prefix, byte fallback, identity
+    normalizer, and ``"\n"`` in no piece (it becomes ``<0x0A>``), unlike ``train-tokenizer``."""
+    import sentencepiece as spm
+
+    lines = [line for t in texts for line in t.split("\n") if line]
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines),
+        model_prefix=prefix,
+        vocab_size=vocab,
+        model_type="bpe",
+        normalization_rule_name="identity",
+        add_dummy_prefix=True,
+        remove_extra_whitespaces=False,
+        byte_fallback=True,
+        hard_vocab_limit=False,
+        num_threads=1,
+        minloglevel=2,
     )
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return {chr(c): b for b, c in zip(bs, cs)}
-
-
-def write_tiktoken_vocab(path: str, hf_tokenizer_json: str) -> str:
-    """megatron-core's tiktoken format (rank/token_bytes/token_str list) from a byte-level BPE."""
-    with open(hf_tokenizer_json, encoding="utf-8") as f:
-        spec = json.load(f)
-    decoder = _bytes_decoder()
-    vocab = sorted(spec["model"]["vocab"].items(), key=lambda kv: kv[1])
-    ranks = [bytes([i]) for i in range(256)]
-    seen = set(ranks)
-    for token, _ in vocab:
-        if token.startswith("<|"):
-            continue
-        raw = bytes(decoder[c] for c in token)
-        if raw not in seen:
-            seen.add(raw)
-            ranks.append(raw)
-    entries = [
-        {
-            "rank": i,
-            "token_bytes": base64.b64encode(b).decode(),
-            "token_str": b.decode("utf-8", "replace"),
-        }
-        for i, b in enumerate(ranks)
-    ]
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(entries, f)
-    return path
+    return prefix + ".model"
 
 
 def build_tokenizers(folder: str, docs: List[Document]) -> Dict[str, str]:
     """All test tokenizers in ``folder``: name -> model path."""
+    from megatron_meta.tokenizer.tiktoken_file import tiktoken_vocab_from_bytelevel_bpe
     from megatron_meta.tokenizer.train import train_sentencepiece
 
     os.makedirs(folder, exist_ok=True)
@@ -183,8 +168,12 @@ def build_tokenizers(folder: str, docs: List[Document]) -> Dict[str, str]:
             texts + [t.replace("\n\n", "\n\n ") for t in texts],
             "gpt2",
         ),
+        "hf_gpt2_digits": train_hf_tokenizer(
+            os.path.join(folder, "gpt2_digits.json"), texts, "gpt2_digits"
+        ),
+        "sp_llama2": train_foreign_sentencepiece(os.path.join(folder, "sp_llama2"), texts),
     }
-    paths["tiktoken"] = write_tiktoken_vocab(
+    paths["tiktoken"] = tiktoken_vocab_from_bytelevel_bpe(
         os.path.join(folder, "tiktoken.json"), paths["hf_llama3"]
     )
     return paths
@@ -195,6 +184,8 @@ TOKENIZER_TYPES = {
     "sp_unigram": "SentencePieceTokenizer",
     "hf_llama3": "HuggingFaceTokenizer",
     "hf_gpt2": "HuggingFaceTokenizer",
+    "hf_gpt2_digits": "HuggingFaceTokenizer",
+    "sp_llama2": "SentencePieceTokenizer",
     "tiktoken": "TikTokenizer",
 }
 

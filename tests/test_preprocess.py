@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from preprocess_fixtures import TOKENIZER_TYPES, make_documents, write_jsonl
 
+from megatron_meta.corpora.bad_records import BadRecords
 from megatron_meta.corpora.records import Document
-from megatron_meta.corpora.registry import CorpusSpec
+from megatron_meta.corpora.registry import CorpusSpec, iter_documents
 from megatron_meta.metadata.formatting import VARIANTS, format_document, metadata_prefix
 from megatron_meta.preprocess.holdout import HoldoutConfig
 from megatron_meta.preprocess.manifest import load_manifest
@@ -17,6 +18,7 @@ from megatron_meta.preprocess.runner import PreprocessConfig, run_preprocess
 from megatron_meta.tokenizer import decode, load_tokenizer
 
 ALL = list(VARIANTS)
+TYPES = {**TOKENIZER_TYPES, "smollm2": "HuggingFaceTokenizer"}  # + the real SmolLM2 tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +31,7 @@ def run(out_dir, corpus, toks, name="sp_bpe", variants=ALL, **kw):
     config = PreprocessConfig(
         corpus=CorpusSpec(inputs=[corpus]),
         output_prefix=os.path.join(str(out_dir), "out"),
-        tokenizer_type=TOKENIZER_TYPES[name],
+        tokenizer_type=TYPES[name],
         tokenizer_model=toks[name],
         variants=list(variants),
         progress_bar=False,
@@ -73,10 +75,10 @@ def check_shards(result, docs_by_region, tok, url_form="full", append_eod=True):
                 assert meta == 0
 
 
-@pytest.mark.parametrize("name", ["sp_bpe", "sp_unigram", "hf_llama3", "hf_gpt2", "tiktoken"])
+@pytest.mark.parametrize("name", list(TOKENIZER_TYPES))
 def test_every_variant_matches_tokenizer_encoding(tmp_path, corpus, toks, docs, name):
     result = run(tmp_path, corpus, toks, name, append_eod=True)
-    assert result.shared_body == (name in ("sp_bpe", "hf_llama3", "tiktoken"))
+    assert result.shared_body == (name != "sp_unigram")  # every family but unigram shares
     tok = load_tokenizer(TOKENIZER_TYPES[name], toks[name])
     assert [s.variant for s in result.manifest.shards] == ALL
     check_shards(result, {None: docs}, tok)
@@ -91,6 +93,51 @@ def test_shared_body_gives_the_same_bytes_as_whole_text(tmp_path, corpus, toks):
             assert filecmp.cmp(sa.prefix + ext, sb.prefix + ext, shallow=False)
     tok = load_tokenizer("SentencePieceTokenizer", toks["sp_bpe"])
     check_shards(a, {None: make_documents()}, tok, url_form="domain")
+
+
+def _awkward_documents():
+    """Values that break naive cuts: empty or space-ended URLs, a space-ended country, a title
+    line of spaces, digits and newlines at every boundary, an untitled one-line text."""
+    base = make_documents(6, seed=3)
+    urls = ["", "https://x.example/a ", "https://x.example/2024", "www.y.example\t", "u ", "h/?"]
+    titles = ["", "  ", "1999", "Title\n", "x", '"q"']
+    texts = ["one line only", "\n\nstarts with newlines", "9 digits 10", " space", "a\n\n\nb", "z"]
+    return [
+        Document(**{**d.to_json(), "url": u, "title": t, "text": x, "country": c})
+        for d, u, t, x, c in zip(base, urls, titles, texts, ["ng", "gb ", "us", "in", "ke", "ca"])
+    ]
+
+
+@pytest.mark.parametrize("name", ["hf_gpt2", "hf_gpt2_digits", "sp_llama2", "smollm2"])
+def test_awkward_values_and_real_smollm2(tmp_path, corpus, toks, docs, name, request):
+    """Where a plan needs care (GPT-2 regex guards, the dummy-prefix sentinel), and the real
+    SmolLM2 tokenizer: every document still equals its whole text's encoding."""
+    from megatron_meta.preprocess.pipeline import DocumentEncoder, EncoderConfig
+    from megatron_meta.preprocess.sharing import choose_shared_body
+
+    if name == "smollm2":
+        toks = {name: request.getfixturevalue("smollm2_hf")}
+        result = run(tmp_path, corpus, toks, name, append_eod=True)  # end to end, real model
+        assert result.shared_body
+        check_shards(result, {None: docs}, load_tokenizer(TYPES[name], toks[name]))
+    tok = load_tokenizer(TYPES[name], toks[name])
+    # Documents straight to the encoder: readers strip values, other callers may not.
+    awkward = _awkward_documents()
+    config = EncoderConfig(TYPES[name], toks[name], ALL, append_eod=False, dtype="int32")
+    config.shared_body, config.library = choose_shared_body(tok, config, awkward)
+    assert config.shared_body
+    encoder = DocumentEncoder(config, tok)
+    got = encoder.encode(awkward)
+    for variant in ALL:
+        lengths = np.cumsum(got[variant].sequence_lengths)[:-1]
+        for doc, ids, meta in zip(
+            awkward, np.split(got[variant].tokens, lengths), got[variant].metadata_tokens
+        ):
+            text = format_document(doc, variant)
+            assert ids.tolist() == list(tok.tokenize(text)), (variant, doc)
+            assert decode(tok, ids[:meta]) == metadata_prefix(doc, variant)
+    if name.startswith("hf_gpt2"):  # the guard sent the space-ended values to whole texts
+        assert [encoder._pieces.guarded(d, ALL) for d in awkward] == [True, True, False] * 2
 
 
 def test_without_eod_and_token_dtype(tmp_path, corpus, toks, docs):

@@ -78,8 +78,6 @@ def test_end_to_end_cli(tmp_path, docs, tokenizer):
             "--append-eod",
             "--workers",
             "2",
-            "--partitions",
-            "2",
         ),
         script=os.path.join(REPO, "tools", "preprocess_data.py"),
     )

@@ -17,7 +17,8 @@ from megatron_meta.metadata.formatting import (
     metadata_prefix,
 )
 from megatron_meta.tokenizer import decode, load_tokenizer
-from megatron_meta.tokenizer.batch import NEWLINE_SAFE_PATTERNS, BatchEncoder, prefix_split_proof
+from megatron_meta.tokenizer.batch import BatchEncoder
+from megatron_meta.tokenizer.proofs import NEWLINE_SAFE_PATTERNS, prefix_split_proof, sharing_plan
 from megatron_meta.tokenizer.train import main as train_main
 from megatron_meta.tokenizer.train import train_sentencepiece
 
@@ -83,6 +84,8 @@ def test_loading_writes_nothing_next_to_the_model(toks):
         ("sp_unigram", False),
         ("hf_llama3", True),
         ("hf_gpt2", False),
+        ("hf_gpt2_digits", False),
+        ("sp_llama2", False),
         ("tiktoken", True),
     ],
 )
@@ -108,6 +111,48 @@ def test_prefix_split_proof(toks, docs, name, safe):
             assert tok.tokenize(text) == [i for p in pieces for i in tok.tokenize(p)]
 
 
+@pytest.mark.parametrize(
+    "name,family",
+    [
+        ("sp_bpe", "atomic-newline"),
+        ("sp_unigram", None),
+        ("hf_llama3", "newline-run"),
+        ("hf_gpt2", "gpt2-regex"),
+        ("hf_gpt2_digits", "gpt2-regex"),
+        ("sp_llama2", "dummy-prefix"),
+        ("tiktoken", "newline-run"),
+    ],
+)
+def test_sharing_plan_cuts_are_exact(toks, docs, name, family):
+    """Each family's plan, applied by hand to every document and variant: the pieces' ids
+    (sentinel stripped) joined give exactly the whole text's ids."""
+    tok = load_tokenizer(TOKENIZER_TYPES[name], toks[name])
+    plan, reason = sharing_plan(tok)
+    assert (plan.family if plan else None) == family, reason
+    if plan is None:
+        return
+    context = list(tok.tokenize(plan.context)) if plan.context else []
+
+    def ids(piece, behind):
+        if not (behind and context):
+            return list(tok.tokenize(piece))
+        got = list(tok.tokenize(plan.context + piece))
+        assert got[: len(context)] == context
+        return got[len(context) :]
+
+    for d in docs:
+        for v in VARIANTS:
+            prefix = metadata_prefix(d, v)
+            lines = [line + "\n" for line in prefix.split("\n")[:-2]] if prefix else []
+            if lines and plan.split_blank_line:
+                lines.append("\n")
+            elif lines:
+                lines[-1] += "\n"
+            pieces = lines + [document_body(d)]
+            joined = [i for k, p in enumerate(pieces) for i in ids(p, k > 0)]
+            assert joined == tok.tokenize(format_document(d, v)), (v, d.id)
+
+
 def test_gpt2_style_pretokenizer_really_breaks_prefix_splitting(toks, docs):
     # Why the proof matters: GPT-2's regex makes a trailing "\n\n" one pre-token ("ĊĊ").
     tok = load_tokenizer("HuggingFaceTokenizer", toks["hf_gpt2"])
@@ -122,6 +167,15 @@ def test_megatron_tiktoken_patterns_are_the_analysed_ones():
 
     assert tt._PATTERN_TIKTOKEN_V1 in NEWLINE_SAFE_PATTERNS
     assert tt._PATTERN_TIKTOKEN_V2 in NEWLINE_SAFE_PATTERNS
+
+
+def test_openai_patterns_are_the_analysed_ones(monkeypatch):
+    # cl100k and o200k as the tiktoken package defines them (no download: ranks stubbed out).
+    import tiktoken_ext.openai_public as openai
+
+    monkeypatch.setattr(openai, "load_tiktoken_bpe", lambda *a, **k: {})
+    for name in ("cl100k_base", "o200k_base"):
+        assert openai.ENCODING_CONSTRUCTORS[name]()["pat_str"] in NEWLINE_SAFE_PATTERNS, name
 
 
 def test_tiktoken_decode_is_exact_for_split_characters(toks):
@@ -197,3 +251,47 @@ def test_train_tokenizer_cli_reports_bad_record_location(tmp_path, docs):
     with pytest.raises(DataError, match=r"c\.jsonl:6"):
         train_main(["--input", data, "--output-prefix", str(tmp_path / "t"), "--vocab-size", "400"])
     assert not list(p for p in tmp_path.iterdir() if p.name.startswith("t."))
+
+
+@pytest.mark.parametrize(
+    "edit,why",
+    [
+        (lambda s: s["pre_tokenizer"].update(add_prefix_space=True), "prefix space"),
+        (lambda s: s.update(normalizer={"type": "NFC"}), "normalizer"),
+        (lambda s: s["pre_tokenizer"].update(use_regex=False), "without a regex"),
+    ],
+)
+def test_unproven_hugging_face_variants_fall_back_and_say_why(
+    toks, docs, tmp_path, caplog, edit, why
+):
+    import json
+    import logging
+
+    from megatron_meta.preprocess.pipeline import EncoderConfig
+    from megatron_meta.preprocess.sharing import choose_shared_body
+
+    with open(toks["hf_gpt2"], encoding="utf-8") as f:
+        spec = json.load(f)
+    edit(spec)
+    path = tmp_path / "edited.json"
+    path.write_text(json.dumps(spec), encoding="utf-8")
+    tok = load_tokenizer("HuggingFaceTokenizer", str(path))
+    plan, reason = sharing_plan(tok)
+    assert plan is None and why in reason
+    config = EncoderConfig("HuggingFaceTokenizer", str(path), list(VARIANTS))
+    with caplog.at_level(logging.INFO, logger="megatron_meta.preprocess.sharing"):
+        shared, library = choose_shared_body(tok, config, docs[:4])
+    assert shared is None and library is not None  # still batch-encoded, one call a chunk
+    assert f"no shared body: {reason}" in caplog.text
+
+
+def test_tiktoken_batch_is_exact_with_and_without_special_tokens(toks):
+    # The batch path skips the special-token scan for texts without "<"; texts with special
+    # tokens (encoded as specials, as megatron-core does) or a lone "<" take the full path.
+    tok = load_tokenizer("TikTokenizer", toks["tiktoken"])
+    texts = ["a <s> b </s>", "x < y", "<SPECIAL_5>", "plain text\n\nTITLE: x", ""]
+    batch = BatchEncoder(tok)
+    assert batch.kind == "tiktoken-batch"
+    for text, ids in zip(texts, batch(texts)):
+        assert ids.tolist() == list(tok.tokenize(text))
+    assert tok.eod in batch(["</s>"])[0].tolist()

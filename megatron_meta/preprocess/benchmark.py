@@ -1,29 +1,29 @@
 """Preprocessing benchmark (``tools/benchmark_preprocess.py``, ``make bench-preprocess``).
 
-On the embedded news corpus replicated to at least ``--min-mb`` of formatted text, with one
-SentencePiece BPE tokenizer (16k, trained here on the corpus) and the same number of workers for
-every contender, all in one run:
+On the embedded news corpus replicated to at least ``--min-mb`` of formatted text, with the same
+number of workers everywhere, for each tokenizer family of
+:mod:`~megatron_meta.preprocess.bench_setup`, all in one run:
 
-* **ours**, one variant (``full``) and all seven variants in one pass (``run_preprocess``);
-* **upstream**: Megatron-LM's ``tools/preprocess_data.py`` approach: one JSON line per call through
-  ``Pool.imap(encode, lines, 32)``, ``tokenizer.tokenize`` per text, ``IndexedDatasetBuilder``
-  writes in the main process (seven variants = seven texts per document);
 * **bound**: the tokenizer alone: as many processes as workers, each batch-encoding an equal share
-  of the already formatted texts held in its memory (``SentencePieceProcessor.encode(batch,
-  return_type="numpy")``), no reading, writing or inter-process traffic. (SentencePiece's own
-  ``num_threads`` gave no parallel speed-up here, hence processes.)
+  of the already formatted ``full`` texts held in its memory (the library call preprocessing uses,
+  256 texts a call), no reading, writing or inter-process traffic;
+* **ours**, one variant (``full``) and all seven variants in one pass (``run_preprocess``, what
+  ``megatron-meta preprocess`` runs, with ``--append-eod``).
 
-Throughput is documents/s and MB/s of formatted (``full``) text, the same numerator for all, so
-the ratios are ratios of wall time. Each timing is the best of ``--repeats`` (the machine may be
-shared). Peak memory: ``megatron-meta preprocess`` run as a subprocess on 1x and 2x the input,
-sampling the RSS of its process tree (main + workers; RSS double-counts pages shared after fork,
-so the sum is an upper bound) and PSS where the kernel provides it.
+Throughput is MB/s of formatted ``full`` text for all rows (so ratios are ratios of wall time);
+each timing is the best of ``--repeats``, contenders alternating (the machine may be shared). CPU
+time is split into the main process (reading, parsing, hold-out routing, pickling, writing) and the
+workers; their ratio says at how many workers the main process would need a whole core. On a
+shared machine wall times swing with outside load; CPU times move much less, so ratios of both
+are printed. Peak
+memory: ``megatron-meta preprocess`` run as a subprocess on 1x and 2x the input, sampling the RSS
+of its process tree (main + workers; RSS double-counts pages shared after fork, so the sum is an
+upper bound) and PSS where the kernel provides it.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import platform
@@ -35,155 +35,85 @@ import threading
 import time
 from typing import Dict, List, Tuple
 
-from megatron_meta.corpora.bad_records import BadRecords
-from megatron_meta.corpora.records import Document
-from megatron_meta.corpora.registry import CorpusSpec, iter_documents
+from megatron_meta.corpora.registry import CorpusSpec
 from megatron_meta.metadata.formatting import VARIANTS, format_document
+from megatron_meta.preprocess.bench_setup import (
+    FAMILIES,
+    Family,
+    build_families,
+    news_documents,
+    read_jsonl_documents,
+    replicate,
+)
 
 logger = logging.getLogger(__name__)
 
-# -- corpus and tokenizer ---------------------------------------------------------------------
+# -- bound and ours ---------------------------------------------------------------------------
+_BOUND: Dict[str, object] = {}
+BOUND_BATCH = 256
 
 
-def news_documents() -> List[Document]:
-    from megatron_meta.corpora.news_articles import fetch_news_articles
-
-    spec = CorpusSpec(inputs=[fetch_news_articles()], format="news-articles")
-    return list(iter_documents(spec, BadRecords("skip", log_first=0)))
-
-
-def replicate(docs: List[Document], path: str, min_bytes: int) -> Tuple[int, int]:
-    """Write copies of ``docs`` (ids suffixed) as JSONL until the full-format text reaches
-    ``min_bytes``; returns (documents, formatted bytes)."""
-    n = size = copy = 0
-    with open(path, "w", encoding="utf-8") as f:
-        while size < min_bytes:
-            for doc in docs:
-                record = doc.to_json()
-                record["id"] = f"{doc.id}#{copy}"
-                f.write(json.dumps(record, ensure_ascii=False) + "\n")
-                size += len(format_document(doc, "full").encode("utf-8"))
-                n += 1
-                if size >= min_bytes:
-                    break
-            copy += 1
-    return n, size
+def _bound_encode(span: Tuple[int, int]) -> int:
+    encode, texts = _BOUND["encode"], _BOUND["texts"]
+    lo, hi = span
+    for i in range(lo, hi, BOUND_BATCH):
+        encode(texts[i : min(i + BOUND_BATCH, hi)])
+    return hi - lo
 
 
-def read_jsonl_documents(path: str) -> List[Document]:
-    with open(path, encoding="utf-8") as f:
-        return [Document.from_json(json.loads(line)) for line in f]
+def time_bound(texts: List[str], family: Family, workers: int) -> Tuple[float, float, float]:
+    """Tokenizer only: ``workers`` forked processes batch-encode equal shares of ``texts``.
 
-
-# -- upstream Megatron-LM approach ------------------------------------------------------------
-_UPSTREAM: Dict[str, object] = {}
-
-
-def _upstream_init(tokenizer_model: str, variants: List[str]) -> None:
-    from megatron_meta.tokenizer import load_tokenizer
-
-    _UPSTREAM["tok"] = load_tokenizer("SentencePieceTokenizer", tokenizer_model)
-    _UPSTREAM["variants"] = variants
-
-
-def _upstream_encode(line: str):
-    tok, variants = _UPSTREAM["tok"], _UPSTREAM["variants"]
-    doc = Document.from_json(json.loads(line))
-    out = {}
-    for v in variants:
-        ids = tok.tokenize(format_document(doc, v))
-        ids.append(tok.eod)
-        out[v] = ids
-    return out, len(line)
-
-
-def time_upstream(jsonl: str, model: str, variants: List[str], workers: int, out_dir: str) -> float:
-    """Megatron-LM preprocess_data.py's structure, with our formatting applied per document."""
+    Returns (wall seconds, main CPU, workers' CPU); the pool start and model load are excluded.
+    """
     import multiprocessing
 
-    import numpy as np
-    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+    from megatron_meta.tokenizer import load_tokenizer
+    from megatron_meta.tokenizer.batch import BatchEncoder
 
-    start = time.perf_counter()
-    pool = multiprocessing.get_context("fork").Pool(workers, _upstream_init, (model, variants))
-    builders = {
-        v: IndexedDatasetBuilder(os.path.join(out_dir, f"up_{v}.bin"), dtype=np.uint16)
-        for v in variants
-    }
-    with open(jsonl, encoding="utf-8") as fin:
-        for doc, _ in pool.imap(_upstream_encode, fin, 32):
-            for v in variants:
-                builders[v].add_document(doc[v], [len(doc[v])])
-    for v in variants:
-        builders[v].finalize(os.path.join(out_dir, f"up_{v}.idx"))
-    pool.close()
-    pool.join()
-    return time.perf_counter() - start
+    _BOUND["encode"] = BatchEncoder(load_tokenizer(family.tokenizer_type, family.model))
+    _BOUND["texts"] = texts
+    sizes = [0]
+    for t in texts:
+        sizes.append(sizes[-1] + len(t))
+    cuts = [0]
+    for k in range(1, workers):
+        cuts.append(next(i for i, s in enumerate(sizes) if s >= sizes[-1] * k / workers))
+    cuts.append(len(texts))
+    main0, children0 = cpu_seconds()
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        pool.map(len, [[]] * workers)  # workers are up
+        start = time.perf_counter()
+        done = sum(pool.map(_bound_encode, list(zip(cuts, cuts[1:])), chunksize=1))
+        seconds = time.perf_counter() - start
+    main1, children1 = cpu_seconds()  # the workers are reaped: their CPU time is counted
+    assert done == len(texts)
+    return seconds, main1 - main0, children1 - children0
 
 
-# -- ours and the bound -----------------------------------------------------------------------
-
-
-def time_ours(jsonl: str, model: str, variants: List[str], workers: int, out_dir: str) -> float:
+def time_ours(
+    jsonl: str, family: Family, variants: List[str], workers: int, out_dir: str
+) -> Tuple[float, float, float]:
+    """(wall seconds, main CPU, workers' CPU) of one ``run_preprocess``."""
     from megatron_meta.preprocess.runner import PreprocessConfig, run_preprocess
 
     config = PreprocessConfig(
         corpus=CorpusSpec(inputs=[jsonl]),
         output_prefix=os.path.join(out_dir, "ours"),
-        tokenizer_type="SentencePieceTokenizer",
-        tokenizer_model=model,
+        tokenizer_type=family.tokenizer_type,
+        tokenizer_model=family.model,
         variants=variants,
         append_eod=True,
         workers=workers,
         progress_bar=False,
         log_interval=10**9,
     )
+    main0, children0 = cpu_seconds()
     start = time.perf_counter()
     run_preprocess(config)
-    return time.perf_counter() - start
-
-
-_BOUND: Dict[str, object] = {}
-
-
-def _bound_init(model: str) -> None:
-    import sentencepiece as spm
-
-    _BOUND["sp"] = spm.SentencePieceProcessor(model_file=model)
-
-
-def _bound_encode(span: Tuple[int, int]) -> int:
-    sp, texts = _BOUND["sp"], _BOUND["texts"]
-    lo, hi = span
-    for i in range(lo, hi, 512):
-        sp.encode(texts[i : min(i + 512, hi)], num_threads=1, return_type="numpy")
-    return hi - lo
-
-
-def time_bound(texts: List[str], model: str, workers: int) -> float:
-    """Tokenizer only: ``workers`` processes batch-encode equal shares of the formatted texts,
-    already in their memory (forked after formatting); no reading, no writing, no IPC of text."""
-    import multiprocessing
-
-    _BOUND["texts"] = texts
-    sizes = [0]
-    for t in texts:
-        sizes.append(sizes[-1] + len(t))
-    cuts = (
-        [0]
-        + [
-            next(i for i, s in enumerate(sizes) if s >= sizes[-1] * k / workers)
-            for k in range(1, workers)
-        ]
-        + [len(texts)]
-    )
-    with multiprocessing.get_context("fork").Pool(workers, _bound_init, (model,)) as pool:
-        pool.map(len, [[]] * workers)  # workers are up and have loaded the model
-        start = time.perf_counter()
-        done = sum(pool.map(_bound_encode, list(zip(cuts, cuts[1:])), chunksize=1))
-        seconds = time.perf_counter() - start
-    assert done == len(texts)
-    return seconds
+    seconds = time.perf_counter() - start
+    main1, children1 = cpu_seconds()
+    return seconds, main1 - main0, children1 - children0
 
 
 # -- memory -----------------------------------------------------------------------------------
@@ -229,22 +159,15 @@ def peak_memory(cmd: List[str]) -> Dict[str, float]:
 # -- report -----------------------------------------------------------------------------------
 
 
-def cpu_seconds() -> float:
-    """User + system CPU time of this process and its reaped children (pool workers)."""
+def cpu_seconds() -> Tuple[float, float]:
+    """User + system CPU time of (this process, its reaped children: pool workers)."""
     import resource
 
-    total = 0.0
+    out = []
     for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
         r = resource.getrusage(who)
-        total += r.ru_utime + r.ru_stime
-    return total
-
-
-def measure(fn) -> Tuple[float, float]:
-    """(wall seconds, CPU seconds of all processes) of ``fn()``."""
-    cpu = cpu_seconds()
-    wall = fn()
-    return wall, cpu_seconds() - cpu
+        out.append(r.ru_utime + r.ru_stime)
+    return out[0], out[1]
 
 
 def machine() -> str:
@@ -269,45 +192,42 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--min-mb", type=float, default=50.0, help="formatted text of the 1x input")
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--vocab-size", type=int, default=16000)
-    p.add_argument("--repeats", type=int, default=3, help="best of N for each timing")
-    p.add_argument("--work-dir", help="keep inputs and the tokenizer here (default: a temp dir)")
-    p.add_argument("--quick", action="store_true", help="smoke run: 3 MB, one repeat")
+    p.add_argument("--vocab-size", type=int, default=32000, help="of the trained tokenizers")
+    p.add_argument("--repeats", type=int, default=2, help="best of N for each timing")
     p.add_argument(
-        "--skip-upstream-all",
-        action="store_true",
-        help="skip the (slow) upstream run with all seven variants",
+        "--families", default=",".join(FAMILIES), help=f"comma list of {', '.join(FAMILIES)}"
     )
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
+    p.add_argument("--work-dir", help="keep inputs and tokenizers here (default: a temp dir)")
+    p.add_argument("--quick", action="store_true", help="smoke run: 2 MB, one repeat")
     return p
 
 
 def main(argv: List[str]) -> int:
+    from megatron_meta.tokenizer import load_tokenizer
     from megatron_meta.tokenizer.load import quiet_megatron_logs
-    from megatron_meta.tokenizer.train import train_sentencepiece
+    from megatron_meta.tokenizer.proofs import sharing_plan
 
     quiet_megatron_logs()
     args = build_parser().parse_args(argv)
     if args.quick:
-        args.min_mb, args.repeats, args.skip_upstream_all = 2.0, 1, True
+        args.min_mb, args.repeats = 2.0, 1
     work = args.work_dir or tempfile.mkdtemp(prefix="bench-preprocess-")
     os.makedirs(work, exist_ok=True)
     out_dir = os.path.join(work, "out")
     docs = news_documents()
-    x1, x2 = (
-        os.path.join(work, f"news_{args.min_mb:g}mb.jsonl"),
-        os.path.join(work, f"news_{2 * args.min_mb:g}mb.jsonl"),
-    )
+    x1 = os.path.join(work, f"news_{args.min_mb:g}mb.jsonl")
+    x2 = os.path.join(work, f"news_{2 * args.min_mb:g}mb.jsonl")
     n_docs, n_bytes = replicate(docs, x1, int(args.min_mb * 1e6))
     replicate(docs, x2, int(2 * args.min_mb * 1e6))
-    model = os.path.join(work, f"sp_bpe_{args.vocab_size}.model")
-    if not os.path.exists(model):
-        train_sentencepiece((format_document(d, "full") for d in docs), model[:-6], args.vocab_size)
+    families = build_families(work, docs, args.vocab_size, args.families.split(","))
     texts = [format_document(d, "full") for d in read_jsonl_documents(x1)]
+    mb = n_bytes / 1e6
     print(f"machine: {machine()}")
     print(
-        f"input: {n_docs} documents, {n_bytes / 1e6:.1f} MB of formatted text "
-        f"({os.path.getsize(x1) / 1e6:.1f} MB JSONL); tokenizer: SentencePiece BPE "
-        f"{args.vocab_size}; workers: {args.workers}; best of {args.repeats}"
+        f"input: {n_docs} documents, {mb:.1f} MB of formatted text "
+        f"({os.path.getsize(x1) / 1e6:.1f} MB JSONL); workers: {args.workers}; "
+        f"best of {args.repeats}; trained vocabularies: {args.vocab_size}"
     )
 
     def fresh() -> str:
@@ -316,90 +236,73 @@ def main(argv: List[str]) -> int:
         return out_dir
 
     all_v = list(VARIANTS)
-    runs = {
-        "bound": lambda: time_bound(texts, model, args.workers),
-        "ours_1": lambda: time_ours(x1, model, ["full"], args.workers, fresh()),
-        "upstream_1": lambda: time_upstream(x1, model, ["full"], args.workers, fresh()),
-        "ours_7": lambda: time_ours(x1, model, all_v, args.workers, fresh()),
-    }
-    time_ours(x1, model, ["full"], args.workers, fresh())  # warm-up: imports, page cache
-    wall: Dict[str, float] = {}
-    cpu: Dict[str, float] = {}
-    for _ in range(args.repeats):  # interleaved, so a burst of outside load hits all alike
-        for key, fn in runs.items():
-            w, c = measure(fn)
-            if w < wall.get(key, float("inf")):
-                wall[key], cpu[key] = w, c
-    if not args.skip_upstream_all:
-        wall["upstream_7"], cpu["upstream_7"] = measure(
-            lambda: time_upstream(x1, model, all_v, args.workers, fresh())
-        )
+    rows = []
+    for family in families:
+        plan, reason = sharing_plan(load_tokenizer(family.tokenizer_type, family.model))
+        runs = {
+            "bound": lambda: time_bound(texts, family, args.workers),
+            "ours_1": lambda: time_ours(x1, family, ["full"], args.workers, fresh()),
+            "ours_7": lambda: time_ours(x1, family, all_v, args.workers, fresh()),
+        }
+        time_ours(x1, family, ["full"], args.workers, fresh())  # warm-up: imports, page cache
+        best: Dict[str, Tuple[float, float, float]] = {}
+        for _ in range(args.repeats):  # interleaved, so a burst of outside load hits all alike
+            for key, fn in runs.items():
+                got = fn()
+                if got[0] < best.get(key, (float("inf"),))[0]:
+                    best[key] = got
+        memory = {}
+        if not args.no_memory:
+            for label, path in (("1x", x1), ("2x", x2)):
+                cmd = _cli(family, args.workers, path, os.path.join(fresh(), "mem"))
+                memory[label] = peak_memory(cmd)
+        rows.append((family, plan.family if plan else f"none ({reason})", best, memory))
+        _print_family(rows[-1], mb)
+        sys.stdout.flush()
 
-    rows = [
-        ("tokenizer-only bound", "bound"),
-        ("ours, 1 variant", "ours_1"),
-        ("upstream approach, 1 variant", "upstream_1"),
-        ("ours, 7 variants", "ours_7"),
-        ("upstream approach, 7 variants", "upstream_7"),
-    ]
     print(
-        "\n| run | wall s | docs/s | MB/s | throughput vs bound | CPU s (all processes) |"
-        "\n|---|---:|---:|---:|---:|---:|"
+        "\n| family | shared body | bound MB/s | 1 variant MB/s | 1 variant / bound (wall; CPU) | "
+        "7 variants / 1 (wall; CPU) | main CPU-s/MB | workers CPU-s/MB | main saturates at | "
+        "peak RSS sum 1x / 2x (MB) | peak PSS 1x / 2x (MB) |"
+        "\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     )
-    for label, key in rows:
-        if key in wall:
-            s = wall[key]
-            print(
-                f"| {label} | {s:.2f} | {n_docs / s:,.0f} | {n_bytes / 1e6 / s:.2f} | "
-                f"{wall['bound'] / s:.3f} | {cpu[key]:.1f} |"
-            )
-    print(
-        f"\nours 1 variant / bound throughput: {wall['bound'] / wall['ours_1']:.3f} "
-        "(target >= 0.95); "
-        f"CPU-time ratio bound / ours: {cpu['bound'] / cpu['ours_1']:.3f}"
-    )
-    print(
-        "ours 1 variant / upstream 1 variant throughput: "
-        f"{wall['upstream_1'] / wall['ours_1']:.2f}x"
-    )
-    print(
-        f"ours 7 variants / ours 1 variant time: {wall['ours_7'] / wall['ours_1']:.2f} "
-        f"(target <= 1.3); CPU: {cpu['ours_7'] / cpu['ours_1']:.2f}"
-    )
-    if "upstream_7" in wall:
+    for family, shared, best, memory in rows:
+        b, o1, o7 = best["bound"], best["ours_1"], best["ours_7"]
+        saturation = o1[2] / max(o1[1], 1e-9)
+        rss = " / ".join(f"{memory[k]['tree_rss']:.0f}" for k in ("1x", "2x")) if memory else "-"
+        pss = " / ".join(f"{memory[k]['tree_pss']:.0f}" for k in ("1x", "2x")) if memory else "-"
         print(
-            "upstream 7 variants / upstream 1 variant time: "
-            f"{wall['upstream_7'] / wall['upstream_1']:.2f}"
+            f"| {family.name} | {shared.split(' (')[0]} | {mb / b[0]:.2f} | {mb / o1[0]:.2f} | "
+            f"{b[0] / o1[0]:.3f}; {sum(b[1:]) / sum(o1[1:]):.3f} | "
+            f"{o7[0] / o1[0]:.2f}; {sum(o7[1:]) / sum(o1[1:]):.2f} | {o1[1] / mb:.4f} | "
+            f"{o1[2] / mb:.3f} | {saturation:.0f} workers | {rss} | {pss} |"
         )
-    print(f"load average at end: {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
-
-    cli = [
-        sys.executable,
-        "-m",
-        "megatron_meta.cli",
-        "preprocess",
-        "--tokenizer-type",
-        "SentencePieceTokenizer",
-        "--tokenizer-model",
-        model,
-        "--metadata-variants",
-        "full",
-        "--append-eod",
-        "--workers",
-        str(args.workers),
-        "--no-progress",
-    ]
-    print(
-        "\n| input | peak RSS main (MB) | peak RSS sum of processes (MB) | peak PSS sum (MB) |"
-        "\n|---|---:|---:|---:|"
-    )
-    for label, path in (("1x", x1), ("2x", x2)):
-        m = peak_memory(cli + ["--input", path, "--output-prefix", os.path.join(fresh(), "mem")])
-        print(
-            f"| {label} ({os.path.getsize(path) / 1e6:.0f} MB JSONL) | {m['main_rss']:.0f} | "
-            f"{m['tree_rss']:.0f} | {m['tree_pss']:.0f} |"
-        )
+    print(f"\nload average at end: {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
     shutil.rmtree(out_dir, ignore_errors=True)
     if not args.work_dir:
         shutil.rmtree(work, ignore_errors=True)
     return 0
+
+
+def _print_family(row, mb: float) -> None:
+    family, shared, best, memory = row
+    print(f"\n{family.name} ({family.tokenizer_type} {family.model}); shared body: {shared}")
+    for key, (wall, main_cpu, worker_cpu) in best.items():
+        print(
+            f"  {key:<7} {wall:7.2f} s  {mb / wall:6.2f} MB/s  CPU main {main_cpu:6.2f} s, "
+            f"workers {worker_cpu:6.2f} s"
+        )
+    for label, m in memory.items():
+        print(
+            f"  memory {label}: RSS main {m['main_rss']:.0f} MB, sum {m['tree_rss']:.0f} MB, "
+            f"PSS sum {m['tree_pss']:.0f} MB"
+        )
+
+
+def _cli(family: Family, workers: int, path: str, prefix: str) -> List[str]:
+    return [
+        sys.executable, "-m", "megatron_meta.cli", "preprocess",
+        "--tokenizer-type", family.tokenizer_type, "--tokenizer-model", family.model,
+        "--metadata-variants", "full", "--append-eod", "--workers", str(workers),
+        "--no-progress", "--input", path, "--output-prefix", prefix,
+    ]  # fmt: skip

@@ -51,7 +51,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--partitions",
         type=int,
         default=1,
-        help="accepted for compatibility; input is streamed, so partitioning is unneeded",
+        help="cut the corpus into N parts, one run each (e.g. a Slurm array), joined by "
+        "`megatron-meta merge`; one run needs none (input is streamed, memory stays flat)",
+    )
+    g.add_argument(
+        "--partition-index",
+        type=int,
+        default=None,
+        metavar="I",
+        help="which part this run writes, 0..N-1 (e.g. $SLURM_ARRAY_TASK_ID)",
     )
     g.add_argument("--append-eod", action="store_true", help="end every document with the EOD id")
     g.add_argument(
@@ -118,12 +126,15 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace, argv: List[str]) -> PreprocessConfig:
     from megatron_meta.corpora.registry import corpus_spec_from_args
 
-    if args.partitions != 1:
-        logger.warning(
-            "--partitions %d ignored: input is streamed with flat memory", args.partitions
-        )
     if args.keep_newlines:
         logger.info("--keep-newlines: newlines are always kept")
+    if args.partitions > 1 and args.partition_index is None:
+        # Megatron-LM's --partitions splits and merges within one run; ours is one part a run.
+        raise ConfigError(
+            f"--partitions {args.partitions} needs --partition-index I (0..{args.partitions - 1}): "
+            "each part is its own run (e.g. a Slurm array), joined by `megatron-meta merge`; "
+            "one run over the whole input needs no --partitions"
+        )
     if args.log_interval <= 0:
         raise ConfigError(f"--log-interval {args.log_interval}: must be positive")
     return PreprocessConfig(
@@ -141,6 +152,8 @@ def config_from_args(args: argparse.Namespace, argv: List[str]) -> PreprocessCon
         on_bad_record=args.on_bad_record,
         log_interval=args.log_interval,
         shared_body=args.shared_body,
+        partitions=args.partitions,
+        partition_index=args.partition_index or 0,
         command=["megatron-meta", "preprocess"] + list(argv),
         progress_bar=not args.no_progress,
     )

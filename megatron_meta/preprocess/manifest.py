@@ -61,6 +61,9 @@ class Manifest:
     # One sequence per sentence (shards named *_text_sentence); GPTDataset would treat each
     # sentence as a document, so GPT training should use shards written without it.
     split_sentences: bool = False
+    # Set on the output of one part of a --partitions run (index, count, document range,
+    # settings merge compares); None on a whole run and on a merged output.
+    partition: Optional[Dict[str, Any]] = None
     format_version: int = FORMAT_VERSION
     path: Optional[str] = None  # where it was loaded from; not serialized
 
@@ -146,6 +149,7 @@ def load_manifest(path: str) -> Manifest:
         url_form=raw.get("url_form", "full"),
         append_eod=raw.get("append_eod", True),
         split_sentences=raw.get("split_sentences", False),
+        partition=raw.get("partition"),
         format_version=version,
         path=os.path.abspath(path),
     )

@@ -5,12 +5,10 @@ plus the sequence lengths and metadata-token counts, so the main process only ap
 
 Two ways to build the ids of ``format_document(doc, variant)``:
 
-* shared (when :func:`~megatron_meta.tokenizer.batch.prefix_split_proof` holds): the body is
-  tokenized once for all variants and each variant's ids are ``ids(metadata lines) + ids(body)``.
-  The metadata block is itself cut at its newlines (``"URL: u\\n"``, ``"COUNTRY: cc\\n"``, the last
-  line with ``"\\n\\n"``): every cut is a newline followed by a letter, the case the proof covers.
-  Country and continent lines take few values and are cached.
-* whole-text otherwise: each variant's full text is tokenized.
+* shared (when :func:`~megatron_meta.tokenizer.proofs.sharing_plan` gives a plan and the start-up
+  check agrees): the body is tokenized once for all variants and each variant's ids are the ids
+  of its metadata pieces followed by the body's (:mod:`~megatron_meta.preprocess.pieces`);
+* whole-text otherwise: all variants' full texts of a chunk are tokenized, one batch call each.
 
 The metadata-token count of a document is the number of tokens before the body (the ``TITLE:``
 token, or ``CONTENT:`` for an untitled document).
@@ -21,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -31,9 +29,10 @@ from megatron_meta.metadata.formatting import (
     VARIANTS,
     document_body,
     metadata_prefix,
-    url_domain,
 )
+from megatron_meta.preprocess.pieces import PieceEncoder
 from megatron_meta.tokenizer.batch import LibraryEncoder
+from megatron_meta.tokenizer.proofs import SharePlan
 
 logger = logging.getLogger(__name__)
 
@@ -52,8 +51,9 @@ class EncoderConfig:
     """``full`` or ``domain`` (MeCo)."""
     append_eod: bool = False
     """Append the tokenizer's EOD id to each document."""
-    shared_body: bool = False
-    """Tokenize the body once for all variants (only when proven and checked)."""
+    shared_body: Optional[SharePlan] = None
+    """How to tokenize the body once for all variants (only when proven and checked); None
+    encodes each variant's full text."""
 
     dtype: str = "int32"
     """numpy dtype name of the shard tokens (``uint16`` below 65,500 ids)."""
@@ -105,7 +105,11 @@ class DocumentEncoder:
             self._decode = functools.partial(decode, tokenizer)
         self.dtype = np.dtype(config.dtype)
         self._eod = np.asarray([config.eod_id] if config.append_eod else [], dtype=np.int32)
-        self._line_cache: Dict[str, np.ndarray] = {}
+        self._pieces = (
+            PieceEncoder(config.shared_body, self.encode_batch, config.url_form)
+            if config.shared_body
+            else None
+        )
         self._splitter = None
         if config.punkt_params is not None:
             from megatron_meta.preprocess.sentences import SentenceSplitter
@@ -122,44 +126,7 @@ class DocumentEncoder:
         pieces = self._splitter.split(doc.text)
         return [head + pieces[0]] + pieces[1:]
 
-    def _metadata_lines(self, doc: Document, variant: str) -> List[str]:
-        """The metadata block of ``variant`` cut after each newline but the last blank line."""
-        fields = VARIANTS[variant]
-        values = {
-            "URL": url_domain(doc.url) if self.config.url_form == "domain" else doc.url,
-            "COUNTRY": doc.country,
-            "CONTINENT": doc.continent,
-        }
-        lines = [f"{name}: {values[name]}\n" for name in fields]
-        if lines:
-            lines[-1] += "\n"
-        return lines
-
     # -- encoding ----------------------------------------------------------------------------
-    def _line_ids(self, lines: List[str]) -> Dict[str, np.ndarray]:
-        """ids of metadata lines, with one batch call for all that are not cached.
-
-        COUNTRY/CONTINENT lines take few values and stay cached; URL lines are unique per
-        document and are kept only for the chunk at hand.
-        """
-        table: Dict[str, np.ndarray] = {}
-        missing: List[str] = []
-        for line in lines:
-            if line in table:
-                continue
-            cached = self._line_cache.get(line)
-            table[line] = cached
-            if cached is None:
-                missing.append(line)
-        if missing:
-            if len(self._line_cache) > 100_000:  # only reachable with unusual metadata values
-                self._line_cache.clear()
-            for line, ids in zip(missing, self.encode_batch(missing)):
-                table[line] = ids
-                if not line.startswith("URL: "):
-                    self._line_cache[line] = ids
-        return table
-
     def encode(self, docs: Sequence[Document]) -> Dict[str, EncodedVariant]:
         """Per-variant ids of ``docs``."""
         sequences = [self._sequences(doc) for doc in docs]
@@ -192,19 +159,65 @@ class DocumentEncoder:
     def _encode_shared(
         self, docs: Sequence[Document], flat: List[str], counts: np.ndarray
     ) -> Dict[str, EncodedVariant]:
-        seq_ids = self.encode_batch(flat)
-        lines = {v: [self._metadata_lines(d, v) for d in docs] for v in self.config.variants}
-        table = self._line_ids([x for per_doc in lines.values() for ls in per_doc for x in ls])
-        empty = np.zeros(0, dtype=np.int32)
+        first = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+        cutter = self._pieces
+        assert cutter is not None
+        variants = self.config.variants
+        guarded = [cutter.guarded(doc, variants) for doc in docs]
+        firsts = set(first.tolist())
+        # Sequences after the first are whole texts of their own in both ways of encoding.
+        rest_idx = [i for i in range(len(flat)) if i not in firsts]
+        seq_ids: List[Optional[np.ndarray]] = [None] * len(flat)
+        for i, ids in zip(rest_idx, self.encode_batch([flat[i] for i in rest_idx])):
+            seq_ids[i] = ids
+        open_docs = [d for d in range(len(docs)) if not guarded[d]]
+        with_meta = any(VARIANTS[v] for v in variants)
+        at_start = any(not VARIANTS[v] for v in variants)
+        bodies = cutter.bodies([flat[first[d]] for d in open_docs], with_meta, at_start)
+        prefixes = cutter.prefixes([docs[d] for d in open_docs], variants)
+        whole = {}
+        closed = [d for d in range(len(docs)) if guarded[d]]
+        if closed:
+            whole = self._whole_first([docs[d] for d in closed], [flat[first[d]] for d in closed])
         out: Dict[str, EncodedVariant] = {}
-        for variant in self.config.variants:
-            prefixes = [
-                np.concatenate([table[x] for x in ls])
-                if len(ls) > 1
-                else (table[ls[0]] if ls else empty)
-                for ls in lines[variant]
-            ]
-            out[variant] = self._assemble(prefixes, seq_ids, counts)
+        for variant in variants:
+            place = "start" if not VARIANTS[variant] else "after"
+            pre: List[np.ndarray] = [None] * len(docs)  # type: ignore[list-item]
+            seqs = list(seq_ids)
+            for k, d in enumerate(open_docs):
+                pre[d] = prefixes[variant][k]
+                seqs[first[d]] = bodies[place][k]
+            for k, d in enumerate(closed):
+                pre[d], seqs[first[d]] = whole[variant][0][k], whole[variant][1][k]
+            out[variant] = self._assemble(pre, seqs, counts)
+        return out
+
+    def _whole_first(
+        self, docs: Sequence[Document], first_texts: List[str]
+    ) -> Dict[str, Tuple[List[np.ndarray], List[np.ndarray]]]:
+        """Per variant, (metadata ids, first-sequence ids) of each document's whole first text.
+
+        All variants' texts (and their metadata blocks alone, for the sidecar count) go to the
+        library in one batch call.
+        """
+        empty = np.zeros(0, dtype=np.int32)
+        variants = self.config.variants
+        blocks = {v: [metadata_prefix(d, v, self.config.url_form) for d in docs] for v in variants}
+        texts = [p + t for v in variants for p, t in zip(blocks[v], first_texts)]
+        texts += [p for v in variants if VARIANTS[v] for p in blocks[v]]
+        encoded = iter(self.encode_batch(texts))
+        wholes = {v: [next(encoded) for _ in docs] for v in variants}
+        out = {}
+        for variant in variants:
+            alone = [next(encoded) for _ in docs] if VARIANTS[variant] else [empty] * len(docs)
+            prefixes: List[np.ndarray] = []
+            bodies: List[np.ndarray] = []
+            for d, ids in enumerate(wholes[variant]):
+                n = self._count_metadata(ids, blocks[variant][d], alone[d])
+                # The split point is only for the sidecar count; the ids stay the whole-text ids.
+                prefixes.append(ids[:n] if n else empty)
+                bodies.append(ids[n:])
+            out[variant] = (prefixes, bodies)
         return out
 
     def _encode_whole(
@@ -213,22 +226,16 @@ class DocumentEncoder:
         first = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
         firsts = set(first.tolist())
         rest_idx = [i for i in range(len(flat)) if i not in firsts]
-        rest_ids = dict(zip(rest_idx, self.encode_batch([flat[i] for i in rest_idx])))
+        seq_ids: List[Optional[np.ndarray]] = [None] * len(flat)
+        for i, ids in zip(rest_idx, self.encode_batch([flat[i] for i in rest_idx])):
+            seq_ids[i] = ids
+        whole = self._whole_first(docs, [flat[f] for f in first])
         out: Dict[str, EncodedVariant] = {}
-        empty = np.zeros(0, dtype=np.int32)
         for variant in self.config.variants:
-            prefixes_text = [metadata_prefix(doc, variant, self.config.url_form) for doc in docs]
-            whole = self.encode_batch([p + flat[f] for p, f in zip(prefixes_text, first)])
-            alone = self.encode_batch(prefixes_text) if VARIANTS[variant] else [empty] * len(docs)
-            seq_ids: List[np.ndarray] = []
-            prefixes: List[np.ndarray] = []
-            for d, ids in enumerate(whole):
-                n = self._count_metadata(ids, prefixes_text[d], alone[d])
-                # The split point is only for the sidecar count; the ids stay the whole-text ids.
-                prefixes.append(ids[:n] if n else empty)
-                seq_ids.append(ids[n:])
-                seq_ids.extend(rest_ids[i] for i in range(first[d] + 1, first[d] + counts[d]))
-            out[variant] = self._assemble(prefixes, seq_ids, counts)
+            prefixes, bodies = whole[variant]
+            for d, f in enumerate(first):
+                seq_ids[f] = bodies[d]
+            out[variant] = self._assemble(prefixes, list(seq_ids), counts)
         return out
 
     def _count_metadata(self, ids: np.ndarray, prefix: str, guess: np.ndarray) -> int:

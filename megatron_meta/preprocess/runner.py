@@ -30,6 +30,7 @@ from megatron_meta.preprocess.manifest import (
     TokenizerInfo,
     write_manifest,
 )
+from megatron_meta.preprocess.partition import Part, fingerprint, inputs_record
 from megatron_meta.preprocess.pipeline import DocumentEncoder, EncoderConfig
 from megatron_meta.preprocess.progress import Progress
 from megatron_meta.preprocess.sharing import choose_shared_body, sample_documents
@@ -76,6 +77,10 @@ class PreprocessConfig:
     enough that the last tasks leave little idle time."""
     shared_body: str = "auto"
     """``auto`` (when proven and checked) or ``off`` (always encode each full text)."""
+    partitions: int = 1
+    """``--partitions N``: the corpus is cut into N parts, each written by its own run."""
+    partition_index: int = 0
+    """``--partition-index I``: which part this run writes (0..N-1)."""
     command: List[str] = dataclasses.field(default_factory=list)
     """The command line, recorded in the manifest."""
     progress_bar: bool = True
@@ -120,6 +125,7 @@ def run_preprocess(config: PreprocessConfig) -> PreprocessResult:
     if config.workers < 0:
         raise ConfigError(f"--workers {config.workers}: must be >= 0")
     config.holdout.validate()
+    Part(config.partition_index, config.partitions).validate()
     # One thread per worker process: the workers are the parallelism.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     out_dir = os.path.dirname(os.path.abspath(config.output_prefix))
@@ -142,14 +148,22 @@ def _run(config: PreprocessConfig, pool: Optional[WorkerPool]) -> PreprocessResu
     bad = BadRecords(config.on_bad_record)
 
     selector = HoldoutSelector(config.holdout)
-    if config.holdout.test_per_region > 0:
-        # First pass, silent: records are reported (and counted) in the second pass only.
-        scan_bad = BadRecords(config.on_bad_record, log_first=0)
-        docs = iter_documents(config.corpus, scan_bad)
-        selector.scan((i, region_of(d, config.split_by), d.id) for i, d in enumerate(docs))
+    part = Part(config.partition_index, config.partitions) if config.partitions > 1 else None
+    if config.holdout.test_per_region > 0 or part is not None:
+        total = _first_pass(config, selector)
+        if part is not None:
+            part.total = total
+            lo, hi = part.bounds
+            logger.info("part %d of %d: documents [%d, %d) of %d", part.index, part.count, lo, hi, total)
 
-    stream = iter_documents(config.corpus, bad)
-    sample, stream = sample_documents(stream, config.split_sentences)
+    if part is None:
+        sample, stream = sample_documents(iter_documents(config.corpus, bad), config.split_sentences)
+        positioned: Iterator[Tuple[int, Document]] = enumerate(stream)
+    else:
+        # Every part decides from the corpus's first documents; its own pass starts afresh.
+        quiet = BadRecords(config.on_bad_record, log_first=0)
+        sample, _ = sample_documents(iter_documents(config.corpus, quiet), config.split_sentences)
+        positioned = part.select(iter_documents(config.corpus, bad), bad)
     punkt = None
     if config.split_sentences:
         from megatron_meta.preprocess.sentences import train_punkt
@@ -172,14 +186,18 @@ def _run(config: PreprocessConfig, pool: Optional[WorkerPool]) -> PreprocessResu
         pool.configure(enc_config)
     outputs = OutputSet(config.output_prefix + ".manifest.json")
     try:
-        counts = _encode_and_write(config, enc_config, tokenizer, stream, selector, outputs, pool)
-        manifest = _build_manifest(config, tokenizer, outputs, bad, dtype)
+        counts = _encode_and_write(
+            config, enc_config, tokenizer, positioned, selector, outputs, pool
+        )
+        manifest = _build_manifest(config, tokenizer, outputs, bad, part)
         outputs.commit(lambda: write_manifest(manifest, outputs.manifest_path))
     except BaseException:
         outputs.abort()
         raise
-    if bad.total:
-        logger.warning("skipped %d bad records: %s", bad.total, bad.summary())
+    if manifest.skipped:
+        logger.warning(
+            "skipped %d bad records: %s", sum(manifest.skipped.values()), manifest.skipped
+        )
     return PreprocessResult(
         manifest_path=outputs.manifest_path,
         manifest=manifest,
@@ -187,13 +205,31 @@ def _run(config: PreprocessConfig, pool: Optional[WorkerPool]) -> PreprocessResu
         held_out=int(counts["held_out"]),
         text_bytes=int(counts["text_bytes"]),
         seconds=counts["seconds"],
-        shared_body=enc_config.shared_body,
+        shared_body=bool(enc_config.shared_body),
     )
+
+
+def _first_pass(config: PreprocessConfig, selector: HoldoutSelector) -> int:
+    """Read the corpus once, silently: count its documents, pick the test documents."""
+    scan_bad = BadRecords(config.on_bad_record, log_first=0)  # reported in the second pass
+    total = 0
+
+    def entries():
+        nonlocal total
+        for i, d in enumerate(iter_documents(config.corpus, scan_bad)):
+            total = i + 1
+            yield i, region_of(d, config.split_by), d.id
+
+    if config.holdout.test_per_region > 0:
+        selector.scan(entries())
+    else:
+        collections.deque(entries(), maxlen=0)
+    return total
 
 
 def _chunks(
     config: PreprocessConfig,
-    stream: Iterator[Document],
+    positioned: Iterator[Tuple[int, Document]],
     selector: HoldoutSelector,
     outputs: OutputSet,
     counts: Dict[str, float],
@@ -201,7 +237,7 @@ def _chunks(
     """Route held-out documents to JSONL; yield ``(region, docs)`` chunks of training documents."""
     pending: Dict[Optional[str], List[Document]] = {}
     sizes: Dict[Optional[str], int] = collections.defaultdict(int)
-    for position, doc in enumerate(stream):
+    for position, doc in positioned:
         region = region_of(doc, config.split_by)
         split = selector.assign(position, doc.id)
         if split is not None:
@@ -228,7 +264,7 @@ def _encode_and_write(
     config: PreprocessConfig,
     enc_config: EncoderConfig,
     tokenizer,
-    stream: Iterator[Document],
+    positioned: Iterator[Tuple[int, Document]],
     selector: HoldoutSelector,
     outputs: OutputSet,
     pool: Optional[WorkerPool],
@@ -246,7 +282,7 @@ def _encode_and_write(
         counts["documents"] += n
         progress.update(n, counts["text_bytes"])
 
-    chunks = _chunks(config, stream, selector, outputs, counts)
+    chunks = _chunks(config, positioned, selector, outputs, counts)
     if pool is None:
         encoder = DocumentEncoder(enc_config, tokenizer)
         for region, docs in chunks:
@@ -259,7 +295,7 @@ def _encode_and_write(
 
 
 def _build_manifest(
-    config: PreprocessConfig, tokenizer, outputs: OutputSet, bad: BadRecords, dtype
+    config: PreprocessConfig, tokenizer, outputs: OutputSet, bad: BadRecords, part: Optional[Part]
 ) -> Manifest:
     order = {v: i for i, v in enumerate(config.variants)}
     shards = [
@@ -283,8 +319,20 @@ def _build_manifest(
             outputs.holdouts.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")
         )
     ]
-    if not shards:
+    if not shards and part is None:  # a part may be empty (more parts than documents)
         raise ConfigError("no training documents were written; check --input and the holdout flags")
+    partition = None
+    if part is not None:
+        partition = part.record(
+            {
+                "variants": list(config.variants),
+                "seed": config.holdout.seed,
+                "holdout_test": config.holdout.test_per_region,
+                "holdout_valid_fraction": config.holdout.valid_fraction,
+                "inputs": inputs_record(config.corpus.inputs),
+                "tokenizer_sha256": fingerprint(config.tokenizer_model),
+            }
+        )
     return Manifest(
         tokenizer=TokenizerInfo(
             type=config.tokenizer_type,
@@ -294,10 +342,11 @@ def _build_manifest(
         ),
         shards=shards,
         holdout=holdout,
-        skipped=bad.summary(),
+        skipped=bad.summary() if part is None else part.skipped,
         command=list(config.command),
         split_by=config.split_by,
         url_form=config.url_form,
         append_eod=config.append_eod,
         split_sentences=config.split_sentences,
+        partition=partition,
     )

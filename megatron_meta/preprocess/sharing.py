@@ -4,11 +4,12 @@ Before any worker starts, the main process:
 
 1. checks the batch encoder against ``tokenizer.tokenize`` on sample texts (falls back to
    text-by-text ``tokenize`` on any difference);
-2. asks :func:`~megatron_meta.tokenizer.batch.prefix_split_proof` whether a metadata block and its
-   body may be encoded apart, and if so, encodes the sample (the first documents of the corpus plus
+2. asks :func:`~megatron_meta.tokenizer.proofs.sharing_plan` whether (and how) a metadata block
+   and its body may be encoded apart, and if so, encodes the sample (the first documents of the corpus plus
    crafted boundary cases: URLs ending in ``/``, ``?``, digits or non-ASCII, titles starting with
-   punctuation, spaces or digits, untitled documents) both ways for every variant. Sharing is used
-   only if the proof holds and every id matches.
+   punctuation, spaces or digits, untitled documents, values ending in spaces) both ways for every
+   variant. Sharing is used only if the proof holds and every id matches. Otherwise all variants'
+   full texts of a chunk are batch-encoded (one library call per variant), and the log says why.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from megatron_meta.corpora.records import Document
 from megatron_meta.metadata.formatting import format_document
 from megatron_meta.preprocess.pipeline import DocumentEncoder, EncoderConfig
 from megatron_meta.tokenizer.batch import LibraryEncoder
+from megatron_meta.tokenizer.proofs import SharePlan
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +57,7 @@ def boundary_cases() -> List[Document]:
         "http://b.example/p?id=7",
         "https://c.example/2024/01/31",
         "https://d.example/caf\u00e9",
+        "https://g.example/trailing ",
         "https://e.example/a.html",
         "www.f.example",
         "",
@@ -87,9 +90,10 @@ def boundary_cases() -> List[Document]:
 
 def choose_shared_body(
     tokenizer, config: EncoderConfig, sample: List[Document], allow: bool = True
-) -> Tuple[bool, Optional[LibraryEncoder]]:
+) -> Tuple[Optional[SharePlan], Optional[LibraryEncoder]]:
     """Returns ``(shared_body, library)`` for :class:`EncoderConfig`."""
-    from megatron_meta.tokenizer.batch import BatchEncoder, prefix_split_proof
+    from megatron_meta.tokenizer.batch import BatchEncoder
+    from megatron_meta.tokenizer.proofs import sharing_plan
 
     docs = [dataclasses.replace(d, text=d.text[:CHECK_CHARS]) for d in sample] + boundary_cases()
     texts = [format_document(d, v, config.url_form) for d in docs for v in config.variants]
@@ -99,13 +103,15 @@ def choose_shared_body(
     logger.info("tokenizer %s: encoding with %s", config.tokenizer_type, batch.kind)
     if not allow:
         logger.info("shared-body encoding switched off: each variant's full text is encoded")
-        return False, library
-    proven, reason = prefix_split_proof(tokenizer)
-    if not proven:
-        logger.info("encoding each variant's full text (no shared body: %s)", reason)
-        return False, library
-    trial = dataclasses.replace(config, shared_body=True, library=library)
-    whole = dataclasses.replace(config, shared_body=False, library=library)
+        return None, library
+    plan, reason = sharing_plan(tokenizer)
+    if plan is None:
+        logger.info(
+            "encoding each variant's full text, batched per chunk (no shared body: %s)", reason
+        )
+        return None, library
+    trial = dataclasses.replace(config, shared_body=plan, library=library)
+    whole = dataclasses.replace(config, shared_body=None, library=library)
     shared_out = DocumentEncoder(trial, tokenizer).encode(docs)
     whole_out = DocumentEncoder(whole, tokenizer).encode(docs)
     for variant in config.variants:
@@ -122,6 +128,8 @@ def choose_shared_body(
                 variant,
                 reason,
             )
-            return False, library
-    logger.info("body encoded once for %d variant(s): %s", len(config.variants), reason)
-    return True, library
+            return None, library
+    logger.info(
+        "body encoded once for %d variant(s) (%s): %s", len(config.variants), plan.family, reason
+    )
+    return plan, library
