@@ -216,3 +216,35 @@ def test_continued_pretraining_starts_from_the_converted_model(
             tokens += float(mb["loss_mask"].sum())
     theirs = total / tokens
     assert abs(losses[1] - theirs) / theirs < 1e-5, (losses[1], theirs)
+
+
+def test_imported_tokenizer_preprocesses_and_the_manifest_records_its_special_tokens(
+    smollm2_ckpt, hf_tokenizer, news_documents, tmp_path
+):
+    """`from-hf` saves the tokenizer beside the weights; preprocessing with it keeps BOS/EOS/EOD
+    and the chat template, and the manifest says which ids the shards were written with."""
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    from megatron_meta.preprocess.manifest import load_manifest
+
+    corpus = tmp_path / "news.jsonl"
+    with open(corpus, "w", encoding="utf-8") as f:
+        for d in news_documents[:4]:
+            f.write(json.dumps({"text": d.text, "url": d.url, "country": d.country, "title": d.title}) + "\n")
+    tokenizer_dir = os.path.join(smollm2_ckpt, "tokenizer")
+    prefix = str(tmp_path / "out" / "news")
+    run = subprocess.run(
+        [sys.executable, "-m", "megatron_meta.cli", "preprocess", "--input", str(corpus),
+         "--url-key", "url", "--country-key", "country", "--title-key", "title",
+         "--tokenizer-type", "HuggingFaceTokenizer", "--tokenizer-model", tokenizer_dir,
+         "--metadata-variants", "full", "--append-eod", "--output-prefix", prefix, "--workers", "0"],
+        capture_output=True, text=True, cwd=REPO,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    tok = load_manifest(prefix + ".manifest.json").tokenizer
+    assert (tok.bos_id, tok.eos_id, tok.eod_id) == (
+        hf_tokenizer.bos_token_id, hf_tokenizer.eos_token_id, hf_tokenizer.eos_token_id)
+    assert tok.pad_id == hf_tokenizer.pad_token_id and tok.has_chat_template
+    shard = IndexedDataset(load_manifest(prefix + ".manifest.json").shards[0].prefix)
+    expected = hf_tokenizer(format_document(news_documents[0], "full"))["input_ids"]
+    assert shard[0].tolist() == expected + [hf_tokenizer.eos_token_id]

@@ -24,6 +24,12 @@ class TokenizerInfo:
     model: str  # --tokenizer-model path (absolute in a loaded manifest)
     vocab_size: int
     eod_id: int
+    # Special tokens as the tokenizer defines them (None: it has none), so that conversion,
+    # fine-tuning and evaluation can check they use the ids the shards were written with.
+    bos_id: Optional[int] = None
+    eos_id: Optional[int] = None
+    pad_id: Optional[int] = None
+    has_chat_template: bool = False
 
 
 @dataclasses.dataclass

@@ -33,6 +33,7 @@ from megatron_meta.preprocess.manifest import (
 from megatron_meta.preprocess.partition import Part, fingerprint, inputs_record
 from megatron_meta.preprocess.pipeline import DocumentEncoder, EncoderConfig
 from megatron_meta.preprocess.progress import Progress
+from megatron_meta.tokenizer.load import special_tokens
 from megatron_meta.preprocess.sharing import choose_shared_body, sample_documents
 from megatron_meta.preprocess.workers import WorkerPool
 from megatron_meta.preprocess.writer import OutputSet, token_dtype
@@ -339,6 +340,7 @@ def _build_manifest(
             model=os.path.abspath(config.tokenizer_model),
             vocab_size=int(tokenizer.vocab_size),
             eod_id=int(tokenizer.eod) if tokenizer.eod is not None else -1,
+            **special_tokens(tokenizer),
         ),
         shards=shards,
         holdout=holdout,

@@ -85,6 +85,23 @@ def load_tokenizer(tokenizer_type: str, tokenizer_model: str, **options: Any):
         ) from e
 
 
+def special_tokens(tokenizer) -> Dict[str, Any]:
+    """BOS/EOS/PAD ids (None where the tokenizer has none) and whether it has a chat template."""
+    out: Dict[str, Any] = {}
+    for name in ("bos", "eos", "pad"):
+        try:
+            value = getattr(tokenizer, name)
+        except (AttributeError, NotImplementedError, ValueError):
+            value = None
+        # SentencePiece reports a missing special token as -1.
+        out[f"{name}_id"] = int(value) if value is not None and int(value) >= 0 else None
+    try:
+        out["has_chat_template"] = bool(getattr(tokenizer, "chat_template", None))
+    except (AttributeError, NotImplementedError):
+        out["has_chat_template"] = False
+    return out
+
+
 def _huggingface_dir(path: str) -> str:
     """Directory for ``AutoTokenizer``; a bare ``tokenizer.json`` gets a private shim folder."""
     try:
