@@ -22,6 +22,7 @@ SUBCOMMANDS: Dict[str, Tuple[str, str]] = {
     "inspect": ("megatron_meta.preprocess.inspect", "count and decode documents of a shard"),
     "train": ("megatron_meta.training.cli", "pretrain a model (launch with torchrun)"),
     "evaluate": ("megatron_meta.evaluation.cli", "per-region perplexity with/without metadata"),
+    "study": ("megatron_meta.study.cli", "plan, submit, monitor and run a whole study (local or Slurm)"),
     "demo": ("megatron_meta.demo", "the end-to-end demo on the embedded news corpus"),
 }
 
