@@ -12,6 +12,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from typing import List, Optional
 
@@ -62,8 +63,8 @@ class Cluster:
             subprocess.run(["mungekey", "--create"], check=True)
             shutil.chown("/etc/munge/munge.key", "munge", "munge")
             os.chmod("/etc/munge/munge.key", 0o400)
-        own = os.path.join(self.folder, "munge")
-        os.makedirs(own, exist_ok=True)
+        own = tempfile.mkdtemp(prefix="mm-test-munge-")  # pytest's folders are closed to munge
+        os.chmod(own, 0o755)
         shutil.chown(own, "munge", "munge")
         pidfile = os.path.join(own, "munged.pid")
         subprocess.run(["runuser", "-u", "munge", "--", "munged", "--pid-file", pidfile,
