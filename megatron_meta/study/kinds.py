@@ -136,7 +136,7 @@ KINDS: Dict[str, Kind] = {
     "finetune": Kind("run", "python", ("convert",), _finetune),
     "perplexity": Kind("run", "python", ("train",), _perplexity),
     "mcq": Kind("run", "python", ("finetune", "convert"), _mcq),
-    "report": Kind("study", "python", ("perplexity", "mcq"), _report),
+    "report": Kind("study", "python", ("train", "perplexity", "mcq"), _report),
 }
 
 
