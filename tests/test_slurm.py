@@ -122,14 +122,14 @@ def study(cluster, *args):
                           env=job_env(cluster), capture_output=True, text=True)
 
 
-def _rank1_of(job_id):
-    """The rank-1 training process of a job (found by its Slurm job id, killed by pid)."""
+def _rank0_of(job_id):
+    """The rank-0 training process of a job (found by its Slurm job id, killed by pid)."""
     for p in psutil.process_iter(["pid", "cmdline"]):
         try:
             env = p.environ()
         except (psutil.Error, OSError):
             continue
-        if env.get("SLURM_JOB_ID") == job_id and env.get("RANK") == "1" and "megatron_meta.cli" in " ".join(p.info["cmdline"] or []):
+        if env.get("SLURM_JOB_ID") == job_id and env.get("RANK") == "0" and "megatron_meta.cli" in " ".join(p.info["cmdline"] or []):
             return p
     return None
 
@@ -147,11 +147,11 @@ def test_study_array_crash_status_resubmit_and_report(slurm_cluster, manifest, t
     ledger = json.load(open(os.path.join(out, "study", "ledger.json")))
     array = ledger["train/loo-Africa"]["job"].split("_")[0]
     crashed = ledger["train/loo-Asia"]["job"]
-    # Crash loo-Asia: kill its rank 1 once it trains.
+    # Crash loo-Asia: kill its (only) rank once it trains.
     end, victim = time.time() + 240, None
     while time.time() < end and victim is None:
         if os.path.exists(os.path.join(out, "runs", "loo-Asia", "metrics.jsonl")):
-            victim = _rank1_of(slurm_cluster.job_field(crashed, "JobId"))
+            victim = _rank0_of(slurm_cluster.job_field(crashed, "JobId"))
         time.sleep(0.3)
     assert victim is not None, "loo-Asia never started training"
     victim.kill()
