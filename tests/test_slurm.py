@@ -122,6 +122,18 @@ def study(cluster, *args):
                           env=job_env(cluster), capture_output=True, text=True)
 
 
+def _processes():
+    rows = []
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            env = p.environ()
+        except (psutil.Error, OSError):
+            continue
+        if env.get("SLURM_JOB_ID"):
+            rows.append(f"{p.pid} job {env.get('SLURM_JOB_ID')} rank {env.get('RANK')}: {' '.join(p.info['cmdline'] or [])[:80]}")
+    return "\n".join(rows)
+
+
 def _rank0_of(job_id):
     """The rank-0 training process of a job (found by its Slurm job id, killed by pid)."""
     for p in psutil.process_iter(["pid", "cmdline"]):
@@ -147,13 +159,15 @@ def test_study_array_crash_status_resubmit_and_report(slurm_cluster, manifest, t
     ledger = json.load(open(os.path.join(out, "study", "ledger.json")))
     array = ledger["train/loo-Africa"]["job"].split("_")[0]
     crashed = ledger["train/loo-Asia"]["job"]
-    # Crash loo-Asia: kill its (only) rank once it trains.
+    # Crash loo-Asia: kill its (only) rank as soon as it runs.
     end, victim = time.time() + 240, None
     while time.time() < end and victim is None:
-        if os.path.exists(os.path.join(out, "runs", "loo-Asia", "metrics.jsonl")):
+        state = slurm_cluster.job_field(crashed, "JobState")
+        assert state in ("PENDING", "RUNNING"), (state, slurm_cluster.job_field(crashed, "Reason"))
+        if state == "RUNNING":
             victim = _rank0_of(slurm_cluster.job_field(crashed, "JobId"))
-        time.sleep(0.3)
-    assert victim is not None, "loo-Asia never started training"
+        time.sleep(0.2)
+    assert victim is not None, "loo-Asia never started: " + _processes()
     victim.kill()
     assert slurm_cluster.wait(crashed) == "FAILED"
     assert slurm_cluster.job_field(crashed, "Restarts") == "0"  # a crash is not requeued

@@ -26,6 +26,52 @@ def _final_loss(save: str):
     return rows[-1].get("loss") if rows else None
 
 
+def _verdict(label: str, a, b) -> str:
+    """One sentence: a's perplexity over b's on the same documents, and whether it is an effect."""
+    from megatron_meta.evaluation.perplexity import paired_ratio_ci
+
+    if a is None or b is None or a.document_nll is None or b.document_nll is None \
+            or a.document_ids != b.document_ids:
+        return f"- {label}: not comparable (not scored on the same documents)"
+    ratio, low, high = paired_ratio_ci(a.document_nll, a.document_tokens, b.document_nll, b.document_tokens)
+    if high < 1:
+        word = "yes, lower perplexity"
+    elif low > 1:
+        word = "no, higher perplexity"
+    else:
+        word = "no measurable effect: the interval includes 1 (no effect)"
+    return f"- {label}: {word}; ratio {ratio:.3f} [95% {low:.3f}, {high:.3f}]"
+
+
+def findings(study: Study, rows) -> List[str]:
+    """The paper's questions in words, each with its paired 95% interval."""
+    table = {(r.model, r.variant, r.region): r for r in rows}
+    out = ["", "## Findings (paired on the same documents; below 1 favours the first model)", ""]
+    trained = {r.model: r.train_variant for r in rows}
+    regions = sorted({r.region for r in rows})
+    metadata = [run for run in study.runs if trained.get(run.name) not in (None, "none")
+                and not run.exclude and not run.region]
+    baselines = [run for run in study.runs if trained.get(run.name) == "none"
+                 and not run.exclude and not run.region]
+    for m in metadata:
+        for b in baselines:
+            for g in regions:
+                out.append(_verdict(
+                    f"{m.name} (with its metadata) beats {b.name} on {g}",
+                    table.get((m.name, trained[m.name], g)), table.get((b.name, "none", g))))
+    for run in study.runs:
+        if run.exclude:
+            ref = next((m for m in metadata if trained.get(m.name) == trained.get(run.name)), None)
+            if ref is not None:
+                v = trained.get(run.name)
+                out.append(_verdict(
+                    f"{run.name} (never saw {run.exclude}) matches {ref.name} on {run.exclude}",
+                    table.get((run.name, v, run.exclude)), table.get((ref.name, v, run.exclude))))
+    out.append("- own metadata vs another region's (counterfactual): needs the counterfactual "
+               "evaluation stage; not in this study")
+    return out if len(out) > 4 else []
+
+
 def study_report(study: Study) -> str:
     from megatron_meta.evaluation.perplexity import read_results
     from megatron_meta.evaluation.report import format_table, write_report
@@ -51,6 +97,7 @@ def study_report(study: Study) -> str:
         lines += ["", "## Perplexity per region (95% bootstrap intervals)", "",
                   "Test variant `full` has the document's own metadata, `none` none.", "",
                   format_table(rows), "", f"Chart: {prefix}.png"]
+        lines += findings(study, rows)
     mcq = sorted(glob.glob(study.path_in("eval", "mcq", "*.json")))
     if mcq:
         lines += ["", "## MCQ", ""]

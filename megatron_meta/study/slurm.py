@@ -42,6 +42,7 @@ def sbatch_options(study: Study, node: Node, array: Optional[str] = None) -> Lis
     s = _settings(study, node)
     training = KINDS[node.kind].launcher == "torchrun"
     log = os.path.join(study.output_dir, "logs", "slurm", node.name.replace("/", "_"))
+    os.makedirs(os.path.dirname(log), exist_ok=True)  # Slurm fails a job whose log it cannot open
     opts = ["--parsable", "--job-name", f"{study.name}:{node.name if not array else node.group}",
             "--output", log + ("-%A_%a.out" if array else "-%j.out"), "--open-mode=append",
             "--requeue", "--nodes", str(s.get("nodes", 1) if training else 1),
