@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from typing import List
 
 from megatron_meta.errors import MegatronMetaError
@@ -32,6 +33,8 @@ def run_local(study: Study, nodes: List[Node], nproc: int = 1, verbose: bool = F
     ledger = Ledger(study.output_dir)
     blocked: dict = {}
     failures = 0
+    started = time.perf_counter()
+    timings = []
     threads = max(1, (os.cpu_count() or 1) // nproc)
     for i, node in enumerate(nodes, 1):
         banner(i, len(nodes), node.name, " ".join(node.args[:2]))
@@ -47,6 +50,7 @@ def run_local(study: Study, nodes: List[Node], nproc: int = 1, verbose: bool = F
         ledger.record(node.name, executor="local", state="running", attempts=attempts, output=node.output)
         env = {"OMP_NUM_THREADS": str(threads)} if KINDS[node.kind].launcher == "torchrun" else None
         log = study.path_in("logs", node.name.replace("/", "_") + ".log")
+        t0 = time.perf_counter()
         try:
             run_command(local_command(node, nproc), env, log, verbose)
             if not node.done():
@@ -59,4 +63,9 @@ def run_local(study: Study, nodes: List[Node], nproc: int = 1, verbose: bool = F
                 blocked.setdefault(name, node.name)
             continue
         ledger.record(node.name, state="done")
+        timings.append((node.name, time.perf_counter() - t0))
+    for name, seconds in timings:
+        print(f"  {name:<32} {seconds:7.1f} s")
+    total = time.perf_counter() - started
+    print(f"study {study.name}: {total / 60:.1f} min; outputs in {study.output_dir}", flush=True)
     return failures + len(blocked)
