@@ -139,18 +139,31 @@ PartitionName=debug Nodes=n1,n2 Default=YES MaxTime=INFINITE State=UP
         raise AssertionError(f"job {job} still {self.job_field(job, 'JobState')} after {timeout} s")
 
     def stop(self) -> None:
+        """Cancel every job and wait for them to end (their step daemons with them), then stop
+        the daemons started here by pid: SIGTERM, and SIGKILL for any still alive 15 s later."""
         self.run("scancel", "--partition", "debug")
-        time.sleep(1)
+        end = time.time() + 60
+        while time.time() < end and self.run("squeue", "-h").stdout.strip():
+            time.sleep(0.5)
         for pid in reversed(self.pids):
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        end = time.time() + 20
+            _signal(pid, signal.SIGTERM)
+        end = time.time() + 15
+        while time.time() < end and any(_alive(pid) for pid in self.pids):
+            time.sleep(0.2)
         for pid in self.pids:
-            while time.time() < end:
-                try:
-                    os.kill(pid, 0)
-                    time.sleep(0.2)
-                except ProcessLookupError:
-                    break
+            _signal(pid, signal.SIGKILL)
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False

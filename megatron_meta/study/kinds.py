@@ -72,6 +72,8 @@ def _train(study: Study, run: Optional[Run], flags: Flags) -> Tuple[List[str], s
         train["exclude-regions"] = ",".join(r for r in study.regions if r != run.region)
     if run.exclude:
         train["exclude-regions"] = run.exclude
+    if train.get("config"):  # jobs may start elsewhere (sbatch --chdir): name the recipe fully
+        train["config"] = os.path.abspath(str(train["config"]))
     save = run_dir(study, run)
     args = ["train", *flag_args(train), "--data-manifest", manifest_path(study), "--save", save]
     return args, save
