@@ -21,10 +21,14 @@ DAEMONS = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scontrol", "sca
 
 def why_not() -> Optional[str]:
     """Why this machine cannot run the cluster, or None."""
-    missing = [d for d in DAEMONS if shutil.which(d) is None and not os.path.exists(f"/usr/sbin/{d}")]
+    missing = [
+        d for d in DAEMONS if shutil.which(d) is None and not os.path.exists(f"/usr/sbin/{d}")
+    ]
     if missing:
-        return (f"Slurm/munge not installed ({', '.join(missing)} missing): apt-get install slurmctld "
-                "slurmd slurm-client munge (.ci/run does)")
+        return (
+            f"Slurm/munge not installed ({', '.join(missing)} missing): apt-get install slurmctld "
+            "slurmd slurm-client munge (.ci/run does)"
+        )
     if os.geteuid() != 0:
         return "the test cluster runs slurmd as root (slurmd must switch users); run as root"
     return None
@@ -55,7 +59,10 @@ class Cluster:
 
     def _munge(self) -> None:
         sock = "/run/munge/munge.socket.2"
-        if os.path.exists(sock) and subprocess.run(["munge", "-n"], capture_output=True).returncode == 0:
+        if (
+            os.path.exists(sock)
+            and subprocess.run(["munge", "-n"], capture_output=True).returncode == 0
+        ):
             return  # a working munged: share it
         os.makedirs("/run/munge", exist_ok=True)
         shutil.chown("/run/munge", "munge", "munge")
@@ -67,8 +74,20 @@ class Cluster:
         os.chmod(own, 0o755)
         shutil.chown(own, "munge", "munge")
         pidfile = os.path.join(own, "munged.pid")
-        subprocess.run(["runuser", "-u", "munge", "--", "munged", "--pid-file", pidfile,
-                        "--log-file", os.path.join(own, "munged.log")], check=True)
+        subprocess.run(
+            [
+                "runuser",
+                "-u",
+                "munge",
+                "--",
+                "munged",
+                "--pid-file",
+                pidfile,
+                "--log-file",
+                os.path.join(own, "munged.log"),
+            ],
+            check=True,
+        )
         self.pids.append(_pid(pidfile))
 
     def start(self) -> "Cluster":
@@ -78,8 +97,10 @@ class Cluster:
         nodes = []
         for n in ("n1", "n2"):
             os.makedirs(os.path.join(d, "spool", n), exist_ok=True)
-            nodes.append(f"NodeName={n} NodeHostname={host} NodeAddr=127.0.0.1 Port={_free_port()} "
-                         "CPUs=1 RealMemory=4000 State=UNKNOWN")
+            nodes.append(
+                f"NodeName={n} NodeHostname={host} NodeAddr=127.0.0.1 Port={_free_port()} "
+                "CPUs=1 RealMemory=4000 State=UNKNOWN"
+            )
         conf = f"""ClusterName=mmtest
 SlurmctldHost={host}(127.0.0.1)
 SlurmctldPort={_free_port()}
@@ -119,7 +140,10 @@ PartitionName=debug Nodes=n1,n2 Default=YES MaxTime=INFINITE State=UP
             if out[:2] == ["2", "idle"]:
                 return self
             time.sleep(0.5)
-        raise RuntimeError(f"nodes not idle: {self.run('sinfo').stdout}\n" + open(f"{d}/slurmctld.log").read()[-3000:])
+        raise RuntimeError(
+            f"nodes not idle: {self.run('sinfo').stdout}\n"
+            + open(f"{d}/slurmctld.log").read()[-3000:]
+        )
 
     def run(self, *cmd: str, check: bool = False) -> subprocess.CompletedProcess:
         return subprocess.run(list(cmd), capture_output=True, text=True, env=self.env, check=check)
@@ -129,7 +153,9 @@ PartitionName=debug Nodes=n1,n2 Default=YES MaxTime=INFINITE State=UP
         fields = dict(f.split("=", 1) for f in out.split() if "=" in f)
         return fields.get(name)
 
-    def wait(self, job: str, states=("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"), timeout=300) -> str:
+    def wait(
+        self, job: str, states=("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"), timeout=300
+    ) -> str:
         end = time.time() + timeout
         while time.time() < end:
             state = self.job_field(job, "JobState")

@@ -93,10 +93,23 @@ def test_array_tasks_map_to_regions_and_variants():
 
     regions = ["Africa", "America", "Asia", "Europe"]
     assert task_args("local", regions, 2, "runs/l") == [
-        "--exclude-regions", "Africa,America,Europe", "--save", "runs/l/local-asia"]
+        "--exclude-regions",
+        "Africa,America,Europe",
+        "--save",
+        "runs/l/local-asia",
+    ]
     assert task_args("leave-out", regions, 0, "runs/o/") == [
-        "--exclude-regions", "Africa", "--save", "runs/o/leave-out-africa"]
-    assert task_args("variant", ["url_only"], 0, "r") == ["--variant", "url_only", "--save", "r/variant-url_only"]
+        "--exclude-regions",
+        "Africa",
+        "--save",
+        "runs/o/leave-out-africa",
+    ]
+    assert task_args("variant", ["url_only"], 0, "r") == [
+        "--variant",
+        "url_only",
+        "--save",
+        "r/variant-url_only",
+    ]
     with pytest.raises(SystemExit, match="--array=0-3"):
         task_args("local", regions, 4, "r")
 
@@ -105,7 +118,14 @@ def test_launcher_scripts_parse_and_refuse_to_run_outside_a_job(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
     for script in sorted(os.listdir(os.path.join(REPO, "slurm"))):
         if script.endswith((".sh", ".sbatch")):
-            assert subprocess.run(["bash", "-n", os.path.join(REPO, "slurm", script)]).returncode == 0
-    out = subprocess.run(["bash", "slurm/launch.sh", "--", "train"], cwd=REPO, env=env,
-                         capture_output=True, text=True)
+            assert (
+                subprocess.run(["bash", "-n", os.path.join(REPO, "slurm", script)]).returncode == 0
+            )
+    out = subprocess.run(
+        ["bash", "slurm/launch.sh", "--", "train"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode != 0 and "runs inside a Slurm job" in out.stderr

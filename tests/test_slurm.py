@@ -22,21 +22,41 @@ VENV = sys.prefix  # passed to the jobs explicitly (launch.sh --env), as a user'
 def job_env(cluster):
     """sbatch's environment without this Python on PATH: the job activates it itself."""
     env = {k: v for k, v in cluster.env.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if not p.startswith(VENV))
+    env["PATH"] = os.pathsep.join(
+        p for p in env["PATH"].split(os.pathsep) if not p.startswith(VENV)
+    )
     return {**env, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
 
 
 def sbatch(cluster, *args):
-    out = subprocess.run(["sbatch", "--parsable", *args], cwd=REPO, env=job_env(cluster),
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        ["sbatch", "--parsable", *args],
+        cwd=REPO,
+        env=job_env(cluster),
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0, out.stderr
     return out.stdout.strip()
 
 
 def pretrain(cluster, manifest, save, *sbatch_flags, **flags):
     args = tiny_args(manifest, **{"--save": save, "--train-iters": ITERS, **flags})
-    return sbatch(cluster, "--nodes", "2", "--time", "20", "--output", f"{save}.out",
-                  *sbatch_flags, "slurm/pretrain.sbatch", "--env", VENV, "--", *args)
+    return sbatch(
+        cluster,
+        "--nodes",
+        "2",
+        "--time",
+        "20",
+        "--output",
+        f"{save}.out",
+        *sbatch_flags,
+        "slurm/pretrain.sbatch",
+        "--env",
+        VENV,
+        "--",
+        *args,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +79,9 @@ def assert_same_losses(save, reference):
         assert math.isclose(losses[it], loss, rel_tol=2e-5), (it, losses[it], loss)
 
 
-def test_two_node_pretrain_equals_a_local_two_rank_run(slurm_cluster, manifest, local_two_ranks, tmp_path):
+def test_two_node_pretrain_equals_a_local_two_rank_run(
+    slurm_cluster, manifest, local_two_ranks, tmp_path
+):
     save = str(tmp_path / "two-node")
     job = pretrain(slurm_cluster, manifest, save)
     state = slurm_cluster.wait(job)
@@ -81,7 +103,9 @@ def test_preemption_saves_requeues_and_resumes_without_losing_an_iteration(
     job = pretrain(slurm_cluster, manifest, save, "--dependency", "singleton")
     metrics = os.path.join(save, "metrics.jsonl")
     end = time.time() + 240
-    while time.time() < end and not (os.path.exists(metrics) and len(open(metrics).readlines()) >= 3):
+    while time.time() < end and not (
+        os.path.exists(metrics) and len(open(metrics).readlines()) >= 3
+    ):
         time.sleep(0.2)
     assert os.path.exists(metrics), open(f"{save}.out").read()[-3000:]
     slurm_cluster.run("scancel", "--signal=USR1", job, check=True)
@@ -118,8 +142,13 @@ stages:
 
 
 def study(cluster, *args):
-    return subprocess.run([sys.executable, "-m", "megatron_meta.cli", "study", *args], cwd=REPO,
-                          env=job_env(cluster), capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "-m", "megatron_meta.cli", "study", *args],
+        cwd=REPO,
+        env=job_env(cluster),
+        capture_output=True,
+        text=True,
+    )
 
 
 def _processes():
@@ -130,7 +159,9 @@ def _processes():
         except (psutil.Error, OSError):
             continue
         if env.get("SLURM_JOB_ID"):
-            rows.append(f"{p.pid} job {env.get('SLURM_JOB_ID')} rank {env.get('RANK')}: {' '.join(p.info['cmdline'] or [])[:80]}")
+            rows.append(
+                f"{p.pid} job {env.get('SLURM_JOB_ID')} rank {env.get('RANK')}: {' '.join(p.info['cmdline'] or [])[:80]}"
+            )
     return "\n".join(rows)
 
 
@@ -141,7 +172,11 @@ def _rank0_of(job_id):
             env = p.environ()
         except (psutil.Error, OSError):
             continue
-        if env.get("SLURM_JOB_ID") == job_id and env.get("RANK") == "0" and "megatron_meta.cli" in " ".join(p.info["cmdline"] or []):
+        if (
+            env.get("SLURM_JOB_ID") == job_id
+            and env.get("RANK") == "0"
+            and "megatron_meta.cli" in " ".join(p.info["cmdline"] or [])
+        ):
             return p
     return None
 
@@ -151,7 +186,10 @@ def test_study_array_crash_status_resubmit_and_report(slurm_cluster, manifest, t
     out = str(tmp_path / "out")
     dry = study(slurm_cluster, "submit", spec, "--dry-run")
     assert dry.returncode == 0, dry.stderr
-    assert dry.stdout.count("--array=0-2") == 1 and "afterok:<train@0>_0:<train@0>_1:<train@0>_2" in dry.stdout
+    assert (
+        dry.stdout.count("--array=0-2") == 1
+        and "afterok:<train@0>_0:<train@0>_1:<train@0>_2" in dry.stdout
+    )
     assert not os.path.exists(os.path.join(out, "study", "ledger.json"))
 
     first = study(slurm_cluster, "submit", spec)
@@ -176,8 +214,14 @@ def test_study_array_crash_status_resubmit_and_report(slurm_cluster, manifest, t
     report_job = ledger["report"]["job"]
     assert slurm_cluster.wait(report_job) == "CANCELLED"  # its dependency can never be met
     status = study(slurm_cluster, "status", spec)
-    lines = {l.split()[0]: l.split()[1] for l in status.stdout.splitlines()[1:] if l.strip() and "/" in l.split()[0] or l.startswith("report")}
-    assert lines["train/loo-Asia"] == "failed" and lines["train/loo-Africa"] == "done", status.stdout
+    lines = {
+        l.split()[0]: l.split()[1]
+        for l in status.stdout.splitlines()[1:]
+        if l.strip() and "/" in l.split()[0] or l.startswith("report")
+    }
+    assert (
+        lines["train/loo-Asia"] == "failed" and lines["train/loo-Africa"] == "done"
+    ), status.stdout
     assert lines["report"] != "done"
 
     again = study(slurm_cluster, "submit", spec)

@@ -47,8 +47,21 @@ def test_study_errors_name_the_file_and_the_fix(tmp_path):
 
 def test_dry_run_prints_arrays_and_afterok_edges_and_submits_nothing(tmp_path):
     out = subprocess.run(
-        [sys.executable, "-m", "megatron_meta.cli", "study", "submit", PAPER, "--dry-run",
-         "--output-dir", str(tmp_path)], cwd=REPO, capture_output=True, text=True)
+        [
+            sys.executable,
+            "-m",
+            "megatron_meta.cli",
+            "study",
+            "submit",
+            PAPER,
+            "--dry-run",
+            "--output-dir",
+            str(tmp_path),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.count("$ sbatch") > 31 and "--array=0-15" in out.stdout
     assert "--dependency=afterok:<train@0>_0" in out.stdout

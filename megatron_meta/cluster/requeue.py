@@ -23,9 +23,7 @@ from megatron_meta.cluster import run_state, slurm_job
 EXIT_MAX_RESTARTS = 3
 
 
-def decide(
-    exit_code: int, run_dir: Optional[str], max_restarts: int
-) -> Tuple[str, int, str]:
+def decide(exit_code: int, run_dir: Optional[str], max_restarts: int) -> Tuple[str, int, str]:
     """(action, exit code, message); action is ``done``, ``requeue`` or ``fail``."""
     state = run_state.read_state(run_dir) if run_dir else None
     if state is None:  # a stage without a run state (convert, evaluate): its exit code decides
@@ -40,18 +38,30 @@ def decide(
     if state.state == run_state.STOPPED and this_attempt:
         attempt = slurm_job.restart_count()
         if attempt >= max_restarts:
-            return "fail", EXIT_MAX_RESTARTS, (
-                f"run stopped ({state.reason}) at iteration {state.iteration} after {attempt} "
-                f"restarts; --max-restarts {max_restarts} reached: submit it again to continue"
+            return (
+                "fail",
+                EXIT_MAX_RESTARTS,
+                (
+                    f"run stopped ({state.reason}) at iteration {state.iteration} after {attempt} "
+                    f"restarts; --max-restarts {max_restarts} reached: submit it again to continue"
+                ),
             )
-        return "requeue", 0, (
-            f"run stopped ({state.reason}) at iteration {state.iteration}: requeueing "
-            f"(restart {attempt + 1} of at most {max_restarts})"
+        return (
+            "requeue",
+            0,
+            (
+                f"run stopped ({state.reason}) at iteration {state.iteration}: requeueing "
+                f"(restart {attempt + 1} of at most {max_restarts})"
+            ),
         )
-    return "fail", exit_code or 1, (
-        f"run crashed (state {state.state!r} at iteration {state.iteration}, exit code "
-        f"{exit_code}): not requeued; fix the cause and submit again (it resumes from the last "
-        "checkpoint)"
+    return (
+        "fail",
+        exit_code or 1,
+        (
+            f"run crashed (state {state.state!r} at iteration {state.iteration}, exit code "
+            f"{exit_code}): not requeued; fix the cause and submit again (it resumes from the last "
+            "checkpoint)"
+        ),
     )
 
 

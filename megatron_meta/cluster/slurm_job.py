@@ -53,7 +53,9 @@ def end_time() -> Optional[float]:
     try:
         out = subprocess.run(
             ["squeue", "-h", "-j", os.environ["SLURM_JOB_ID"], "-o", "%e"],
-            capture_output=True, text=True, timeout=30,
+            capture_output=True,
+            text=True,
+            timeout=30,
         ).stdout
     except (OSError, subprocess.TimeoutExpired) as e:
         logger.warning("cannot ask squeue for the job's end time (%s)", e)

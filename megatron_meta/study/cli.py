@@ -22,22 +22,31 @@ from megatron_meta.study.spec import load_study
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="megatron-meta study", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="megatron-meta study",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = p.add_subparsers(dest="action", required=True)
-    for name, help_ in (("plan", "print the graph and the exact commands"),
-                        ("submit", "submit what is not done to Slurm"),
-                        ("status", "state of every node (done, pending, running, failed, ...)"),
-                        ("run", "run the graph on this machine"),
-                        ("report", "tables and charts from the study's outputs")):
+    for name, help_ in (
+        ("plan", "print the graph and the exact commands"),
+        ("submit", "submit what is not done to Slurm"),
+        ("status", "state of every node (done, pending, running, failed, ...)"),
+        ("run", "run the graph on this machine"),
+        ("report", "tables and charts from the study's outputs"),
+    ):
         s = sub.add_parser(name, help=help_)
         s.add_argument("study", metavar="STUDY.yaml")
         s.add_argument("--output-dir", help="override the study's output_dir")
         if name == "submit":
             s.add_argument("--dry-run", action="store_true", help="print the sbatch commands only")
         if name == "run":
-            s.add_argument("--executor", choices=("local", "slurm"), default="local",
-                           help="local: here, one node after the other; slurm: same as submit")
+            s.add_argument(
+                "--executor",
+                choices=("local", "slurm"),
+                default="local",
+                help="local: here, one node after the other; slurm: same as submit",
+            )
             s.add_argument("--nproc", type=int, default=1, help="training processes (torchrun)")
             s.add_argument("--verbose", action="store_true", help="show every line of every stage")
     return p
@@ -48,8 +57,10 @@ def main(argv: List[str]) -> int:
     study = load_study(args.study, args.output_dir)
     nodes = build_graph(study)
     if args.action == "plan":
-        print(f"study {study.name}: {len(study.runs)} pretraining runs, {len(nodes)} nodes; "
-              f"outputs in {study.output_dir}")
+        print(
+            f"study {study.name}: {len(study.runs)} pretraining runs, {len(nodes)} nodes; "
+            f"outputs in {study.output_dir}"
+        )
         for node in nodes:
             after = f"  (after {', '.join(node.deps)})" if node.deps else ""
             print(f"\n{node.name}{after}\n  $ megatron-meta {shlex.join(node.args)}")

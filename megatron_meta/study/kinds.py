@@ -81,7 +81,15 @@ def _train(study: Study, run: Optional[Run], flags: Flags) -> Tuple[List[str], s
 
 def _convert(study: Study, run: Optional[Run], flags: Flags) -> Tuple[List[str], str]:
     out = hf_dir(study, run)
-    return ["convert", "to-hf", "--load", run_dir(study, run), "--output", out, *flag_args(flags)], os.path.join(out, "config.json")
+    return [
+        "convert",
+        "to-hf",
+        "--load",
+        run_dir(study, run),
+        "--output",
+        out,
+        *flag_args(flags),
+    ], os.path.join(out, "config.json")
 
 
 def _finetune(study: Study, run: Optional[Run], flags: Flags) -> Tuple[List[str], str]:
@@ -92,20 +100,37 @@ def _finetune(study: Study, run: Optional[Run], flags: Flags) -> Tuple[List[str]
 
 def _perplexity(study: Study, run: Optional[Run], flags: Flags) -> Tuple[List[str], str]:
     out = study.path_in("eval", "perplexity", f"{run.name}.json")
-    args = ["evaluate", "perplexity", "--load", run_dir(study, run), "--data-manifest",
-            manifest_path(study), *flag_args(flags), "--label", run.name, "--output", out]
+    args = [
+        "evaluate",
+        "perplexity",
+        "--load",
+        run_dir(study, run),
+        "--data-manifest",
+        manifest_path(study),
+        *flag_args(flags),
+        "--label",
+        run.name,
+        "--output",
+        out,
+    ]
     return args, out
 
 
 def _mcq(study: Study, run: Optional[Run], flags: Flags) -> Tuple[List[str], str]:
     out = study.path_in("eval", "mcq", f"{run.name}.json")
-    model = sft_dir(study, run) if "finetune" in study.stages and _selected(study, "finetune", run) else hf_dir(study, run)
+    model = (
+        sft_dir(study, run)
+        if "finetune" in study.stages and _selected(study, "finetune", run)
+        else hf_dir(study, run)
+    )
     flags = {"scoring": "loglik", "metadata": "with,without", **flags}
     return ["evaluate", "mcq", "--model", model, *flag_args(flags), "--output", out], out
 
 
 def _report(study: Study, run: Optional[Run], flags: Flags) -> Tuple[List[str], str]:
-    return ["study", "report", study.path, "--output-dir", study.output_dir], study.path_in("report", "study.md")
+    return ["study", "report", study.path, "--output-dir", study.output_dir], study.path_in(
+        "report", "study.md"
+    )
 
 
 def _train_done(output: str) -> bool:

@@ -23,8 +23,17 @@ from megatron_meta.study.spec import Study
 def local_command(node: Node, nproc: int) -> List[str]:
     """The node's command on this machine: torchrun standalone for training."""
     if KINDS[node.kind].launcher == "torchrun":
-        return [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                "--nproc-per-node", str(nproc), "-m", "megatron_meta.cli", *node.args]
+        return [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            str(nproc),
+            "-m",
+            "megatron_meta.cli",
+            *node.args,
+        ]
     return [sys.executable, "-m", "megatron_meta.cli", *node.args]
 
 
@@ -47,7 +56,9 @@ def run_local(study: Study, nodes: List[Node], nproc: int = 1, verbose: bool = F
             ledger.record(node.name, executor="local", state="blocked", output=node.output)
             continue
         attempts = ledger.get(node.name).get("attempts", 0) + 1
-        ledger.record(node.name, executor="local", state="running", attempts=attempts, output=node.output)
+        ledger.record(
+            node.name, executor="local", state="running", attempts=attempts, output=node.output
+        )
         env = {"OMP_NUM_THREADS": str(threads)} if KINDS[node.kind].launcher == "torchrun" else None
         log = study.path_in("logs", node.name.replace("/", "_") + ".log")
         t0 = time.perf_counter()

@@ -30,10 +30,17 @@ def _verdict(label: str, a, b) -> str:
     """One sentence: a's perplexity over b's on the same documents, and whether it is an effect."""
     from megatron_meta.evaluation.perplexity import paired_ratio_ci
 
-    if a is None or b is None or a.document_nll is None or b.document_nll is None \
-            or a.document_ids != b.document_ids:
+    if (
+        a is None
+        or b is None
+        or a.document_nll is None
+        or b.document_nll is None
+        or a.document_ids != b.document_ids
+    ):
         return f"- {label}: not comparable (not scored on the same documents)"
-    ratio, low, high = paired_ratio_ci(a.document_nll, a.document_tokens, b.document_nll, b.document_tokens)
+    ratio, low, high = paired_ratio_ci(
+        a.document_nll, a.document_tokens, b.document_nll, b.document_tokens
+    )
     if high < 1:
         word = "yes, lower perplexity"
     elif low > 1:
@@ -49,26 +56,42 @@ def findings(study: Study, rows) -> List[str]:
     out = ["", "## Findings (paired on the same documents; below 1 favours the first model)", ""]
     trained = {r.model: r.train_variant for r in rows}
     regions = sorted({r.region for r in rows})
-    metadata = [run for run in study.runs if trained.get(run.name) not in (None, "none")
-                and not run.exclude and not run.region]
-    baselines = [run for run in study.runs if trained.get(run.name) == "none"
-                 and not run.exclude and not run.region]
+    metadata = [
+        run
+        for run in study.runs
+        if trained.get(run.name) not in (None, "none") and not run.exclude and not run.region
+    ]
+    baselines = [
+        run
+        for run in study.runs
+        if trained.get(run.name) == "none" and not run.exclude and not run.region
+    ]
     for m in metadata:
         for b in baselines:
             for g in regions:
-                out.append(_verdict(
-                    f"{m.name} (with its metadata) beats {b.name} on {g}",
-                    table.get((m.name, trained[m.name], g)), table.get((b.name, "none", g))))
+                out.append(
+                    _verdict(
+                        f"{m.name} (with its metadata) beats {b.name} on {g}",
+                        table.get((m.name, trained[m.name], g)),
+                        table.get((b.name, "none", g)),
+                    )
+                )
     for run in study.runs:
         if run.exclude:
             ref = next((m for m in metadata if trained.get(m.name) == trained.get(run.name)), None)
             if ref is not None:
                 v = trained.get(run.name)
-                out.append(_verdict(
-                    f"{run.name} (never saw {run.exclude}) matches {ref.name} on {run.exclude}",
-                    table.get((run.name, v, run.exclude)), table.get((ref.name, v, run.exclude))))
-    out.append("- own metadata vs another region's (counterfactual): needs the counterfactual "
-               "evaluation stage; not in this study")
+                out.append(
+                    _verdict(
+                        f"{run.name} (never saw {run.exclude}) matches {ref.name} on {run.exclude}",
+                        table.get((run.name, v, run.exclude)),
+                        table.get((ref.name, v, run.exclude)),
+                    )
+                )
+    out.append(
+        "- own metadata vs another region's (counterfactual): needs the counterfactual "
+        "evaluation stage; not in this study"
+    )
     return out if len(out) > 4 else []
 
 
@@ -76,9 +99,14 @@ def study_report(study: Study) -> str:
     from megatron_meta.evaluation.perplexity import read_results
     from megatron_meta.evaluation.report import format_table, write_report
 
-    lines: List[str] = [f"# Study {study.name}", "", "## Models", "",
-                        "| run | trained on | variant | model | state | iteration | final loss |",
-                        "|---|---|---|---|---|---|---|"]
+    lines: List[str] = [
+        f"# Study {study.name}",
+        "",
+        "## Models",
+        "",
+        "| run | trained on | variant | model | state | iteration | final loss |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for run in study.runs:
         save = run_dir(study, run)
         state = run_state.read_state(save)
@@ -94,9 +122,16 @@ def study_report(study: Study) -> str:
     if rows:
         prefix = study.path_in("report", "perplexity")
         write_report(rows, prefix, f"Study {study.name}: held-out perplexity per region")
-        lines += ["", "## Perplexity per region (95% bootstrap intervals)", "",
-                  "Test variant `full` has the document's own metadata, `none` none.", "",
-                  format_table(rows), "", f"Chart: {prefix}.png"]
+        lines += [
+            "",
+            "## Perplexity per region (95% bootstrap intervals)",
+            "",
+            "Test variant `full` has the document's own metadata, `none` none.",
+            "",
+            format_table(rows),
+            "",
+            f"Chart: {prefix}.png",
+        ]
         lines += findings(study, rows)
     mcq = sorted(glob.glob(study.path_in("eval", "mcq", "*.json")))
     if mcq:
@@ -104,7 +139,9 @@ def study_report(study: Study) -> str:
         for path in mcq:
             with open(path, encoding="utf-8") as f:
                 data = json.load(f)
-            lines.append(f"- {os.path.basename(path)[:-5]}: {json.dumps(data.get('summary', data))[:400]}")
+            lines.append(
+                f"- {os.path.basename(path)[:-5]}: {json.dumps(data.get('summary', data))[:400]}"
+            )
     text = "\n".join(lines) + "\n"
     out = study.path_in("report", "study.md")
     os.makedirs(os.path.dirname(out), exist_ok=True)

@@ -20,16 +20,26 @@ from megatron_meta.study.kinds import KINDS
 from megatron_meta.study.ledger import Ledger
 from megatron_meta.study.spec import Study
 
-LIVE = {"PENDING": "pending", "CONFIGURING": "pending", "REQUEUED": "pending",
-        "REQUEUE_HOLD": "pending", "RUNNING": "running", "COMPLETING": "running",
-        "SUSPENDED": "pending", "RESIZING": "running"}
+LIVE = {
+    "PENDING": "pending",
+    "CONFIGURING": "pending",
+    "REQUEUED": "pending",
+    "REQUEUE_HOLD": "pending",
+    "RUNNING": "running",
+    "COMPLETING": "running",
+    "SUSPENDED": "pending",
+    "RESIZING": "running",
+}
 
 
 def repo_root() -> str:
     root = os.environ.get("MM_HOME") or os.path.dirname(
-        os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    )
     if not os.path.isfile(os.path.join(root, "slurm", "launch.sh")):
-        raise ConfigError(f"slurm/launch.sh not found under {root}: set MM_HOME to a megatron-meta checkout")
+        raise ConfigError(
+            f"slurm/launch.sh not found under {root}: set MM_HOME to a megatron-meta checkout"
+        )
     return root
 
 
@@ -43,13 +53,30 @@ def sbatch_options(study: Study, node: Node, array: Optional[str] = None) -> Lis
     training = KINDS[node.kind].launcher == "torchrun"
     log = os.path.join(study.output_dir, "logs", "slurm", node.name.replace("/", "_"))
     os.makedirs(os.path.dirname(log), exist_ok=True)  # Slurm fails a job whose log it cannot open
-    opts = ["--parsable", "--job-name", f"{study.name}:{node.name if not array else node.group}",
-            "--output", log + ("-%A_%a.out" if array else "-%j.out"), "--open-mode=append",
-            "--requeue", "--nodes", str(s.get("nodes", 1) if training else 1),
-            "--ntasks-per-node", "1", "--chdir", os.getcwd()]
-    for key, flag in (("partition", "--partition"), ("account", "--account"), ("qos", "--qos"),
-                      ("time", "--time"), ("cpus_per_task", "--cpus-per-task"),
-                      ("gpus_per_node", "--gpus-per-node"), ("mem", "--mem")):
+    opts = [
+        "--parsable",
+        "--job-name",
+        f"{study.name}:{node.name if not array else node.group}",
+        "--output",
+        log + ("-%A_%a.out" if array else "-%j.out"),
+        "--open-mode=append",
+        "--requeue",
+        "--nodes",
+        str(s.get("nodes", 1) if training else 1),
+        "--ntasks-per-node",
+        "1",
+        "--chdir",
+        os.getcwd(),
+    ]
+    for key, flag in (
+        ("partition", "--partition"),
+        ("account", "--account"),
+        ("qos", "--qos"),
+        ("time", "--time"),
+        ("cpus_per_task", "--cpus-per-task"),
+        ("gpus_per_node", "--gpus-per-node"),
+        ("mem", "--mem"),
+    ):
         if s.get(key) is not None:
             opts += [flag, str(s[key])]
     if training:
@@ -61,11 +88,21 @@ def sbatch_options(study: Study, node: Node, array: Optional[str] = None) -> Lis
 
 def launcher_options(study: Study, node: Node) -> List[str]:
     s = _settings(study, node)
-    opts = ["--torchrun", "--gpus-per-node", str(s.get("nproc_per_node") or s.get("gpus_per_node") or 1)] \
-        if KINDS[node.kind].launcher == "torchrun" else []
+    opts = (
+        [
+            "--torchrun",
+            "--gpus-per-node",
+            str(s.get("nproc_per_node") or s.get("gpus_per_node") or 1),
+        ]
+        if KINDS[node.kind].launcher == "torchrun"
+        else []
+    )
     opts += ["--max-restarts", str(s.get("max_restarts", 10))]
-    for key, flag in (("env", "--env"), ("container_image", "--container-image"),
-                      ("container_mounts", "--container-mounts")):
+    for key, flag in (
+        ("env", "--env"),
+        ("container_image", "--container-image"),
+        ("container_mounts", "--container-mounts"),
+    ):
         if s.get(key):
             opts += [flag, str(s[key])]
     return opts
@@ -145,29 +182,55 @@ def submit(study: Study, nodes: List[Node], dry_run: bool = False) -> Dict[str, 
         deps = dep_ids(node)
         missing = [d for d in node.deps if d not in jobs and not _done(nodes, d)]
         if missing:
-            raise MegatronMetaError(f"{node.name} waits for {', '.join(missing)}, which was not submitted")
-        dependency = [f"--dependency=afterok:{':'.join(deps)}", "--kill-on-invalid-dep=yes"] if deps else []
+            raise MegatronMetaError(
+                f"{node.name} waits for {', '.join(missing)}, which was not submitted"
+            )
+        dependency = (
+            [f"--dependency=afterok:{':'.join(deps)}", "--kill-on-invalid-dep=yes"] if deps else []
+        )
         if len(members) > 1:
-            tasks = os.path.join(study.output_dir, "study", "tasks", node.group.replace("@", "-") + ".txt")
+            tasks = os.path.join(
+                study.output_dir, "study", "tasks", node.group.replace("@", "-") + ".txt"
+            )
             os.makedirs(os.path.dirname(tasks), exist_ok=True)
             with open(tasks, "w", encoding="utf-8") as f:
                 f.writelines(shlex.join(n.args) + "\n" for n in members)
             throttle = _settings(study, node).get("throttle")
             spec = f"0-{len(members) - 1}" + (f"%{throttle}" if throttle else "")
-            cmd = ["sbatch", *sbatch_options(study, node, spec), *dependency, script,
-                   *launcher_options(study, node), "--tasks-file", tasks]
+            cmd = [
+                "sbatch",
+                *sbatch_options(study, node, spec),
+                *dependency,
+                script,
+                *launcher_options(study, node),
+                "--tasks-file",
+                tasks,
+            ]
             array_id = sbatch(cmd, dry_run, f"<{node.group}>", env)
             for i, member in enumerate(members):
                 jobs[member.name] = f"{array_id}_{i}"
         else:
-            cmd = ["sbatch", *sbatch_options(study, node), *dependency, script,
-                   *launcher_options(study, node), "--", *node.args]
+            cmd = [
+                "sbatch",
+                *sbatch_options(study, node),
+                *dependency,
+                script,
+                *launcher_options(study, node),
+                "--",
+                *node.args,
+            ]
             jobs[node.name] = sbatch(cmd, dry_run, f"<{node.name}>", env)
         if not dry_run:
             for member in members:
                 attempts = ledger.get(member.name).get("submissions", 0) + 1
-                ledger.record(member.name, executor="slurm", job=jobs[member.name], state="submitted",
-                              submissions=attempts, output=member.output)
+                ledger.record(
+                    member.name,
+                    executor="slurm",
+                    job=jobs[member.name],
+                    state="submitted",
+                    submissions=attempts,
+                    output=member.output,
+                )
     if dry_run:
         print("dry run: nothing submitted")
     return jobs

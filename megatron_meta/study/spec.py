@@ -105,9 +105,13 @@ def _expand(entry: Dict[str, Any], index: int, where: str) -> List[Run]:
         )
     if "name" not in entry:
         raise ConfigError(f"{where}: a run needs a name (with {{field}} for grid values)")
-    axes = {k: entry[k] if isinstance(entry[k], list) else [entry[k]] for k in RUN_FIELDS if k in entry}
+    axes = {
+        k: entry[k] if isinstance(entry[k], list) else [entry[k]] for k in RUN_FIELDS if k in entry
+    }
     if "region" in axes and "exclude" in axes:
-        raise ConfigError(f"{where}: give region (local model) or exclude (leave-one-out), not both")
+        raise ConfigError(
+            f"{where}: give region (local model) or exclude (leave-one-out), not both"
+        )
     runs = []
     for combo in itertools.product(*axes.values()) if axes else [()]:
         values = {k: str(v) for k, v in zip(axes, combo)}
@@ -115,7 +119,14 @@ def _expand(entry: Dict[str, Any], index: int, where: str) -> List[Run]:
             name = str(entry["name"]).format(**values)
         except KeyError as e:
             raise ConfigError(f"{where}: name {entry['name']!r} uses {e}, which the run lacks")
-        runs.append(Run(name=name, entry=index, **values, train=_mapping(entry.get("train"), f"{where}.train")))
+        runs.append(
+            Run(
+                name=name,
+                entry=index,
+                **values,
+                train=_mapping(entry.get("train"), f"{where}.train"),
+            )
+        )
     return runs
 
 
@@ -132,7 +143,9 @@ def load_study(path: str, output_dir: Optional[str] = None) -> Study:
         raise ConfigError(f"{path}: expected the keys {', '.join(TOP_KEYS)} at the top")
     unknown = set(raw) - set(TOP_KEYS)
     if unknown:
-        raise ConfigError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}; keys are {', '.join(TOP_KEYS)}")
+        raise ConfigError(
+            f"{path}: unknown key(s) {', '.join(sorted(unknown))}; keys are {', '.join(TOP_KEYS)}"
+        )
     defaults = _mapping(raw.get("defaults"), f"{path}: defaults")
     base_train = _mapping(defaults.get("train"), f"{path}: defaults.train")
     data = _mapping(raw.get("data"), f"{path}: data")
@@ -157,14 +170,21 @@ def load_study(path: str, output_dir: Optional[str] = None) -> Study:
                 raise ConfigError(
                     f"{path}: run {run.name}: {key} {value!r} is not in regions ({', '.join(regions)})"
                 )
-    stages = {k: _mapping(v, f"{path}: stages.{k}") for k, v in _mapping(raw.get("stages"), f"{path}: stages").items()}
+    stages = {
+        k: _mapping(v, f"{path}: stages.{k}")
+        for k, v in _mapping(raw.get("stages"), f"{path}: stages").items()
+    }
     from megatron_meta.study.kinds import KINDS  # the registry names the valid stages
 
     bad = [k for k in stages if k not in KINDS or KINDS[k].scope == "data"]
     if bad:
         valid = [k for k, v in KINDS.items() if v.scope != "data"]
-        raise ConfigError(f"{path}: unknown stage(s) {', '.join(bad)}; stages are {', '.join(valid)}")
-    base = os.path.abspath(output_dir or raw.get("output_dir") or os.path.join("runs", raw.get("name", "study")))
+        raise ConfigError(
+            f"{path}: unknown stage(s) {', '.join(bad)}; stages are {', '.join(valid)}"
+        )
+    base = os.path.abspath(
+        output_dir or raw.get("output_dir") or os.path.join("runs", raw.get("name", "study"))
+    )
     return Study(
         path=os.path.abspath(path),
         name=str(raw.get("name") or os.path.splitext(os.path.basename(path))[0]),
