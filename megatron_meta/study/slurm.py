@@ -124,19 +124,21 @@ def finished_job(job: str) -> Tuple[Optional[str], int]:
 
 
 def node_state(node: Node, entry: Dict, live: Dict[str, str]) -> Tuple[str, int]:
-    """(done | pending | running | failed | preempted | missing, attempts)."""
-    if node.done():
-        return "done", entry.get("attempts", 1 if entry else 0)
+    """(done | pending | running | failed | preempted | cancelled | missing, attempts)."""
     job = entry.get("job")
+    state, restarts = finished_job(job) if job else (None, 0)
+    attempts = restarts + 1 if job else 0
+    if node.done():
+        return "done", attempts
     if not job:
         return "missing", 0
-    state, restarts = finished_job(job)
-    attempts = restarts + 1
     if job in live:
         return LIVE.get(live[job], live[job].lower()), attempts
     rs = run_state.read_state(node.output) if node.kind == "train" else None
     if rs is not None and rs.resumable:
         return "preempted", attempts
+    if state == "CANCELLED":  # by a user, or because a job it waited for failed
+        return "cancelled", attempts
     return "failed", attempts
 
 
