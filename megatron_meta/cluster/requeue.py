@@ -15,6 +15,7 @@ torchrun exits non-zero after forwarding a signal even when every rank saved cle
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 from typing import List, Optional, Tuple
 
@@ -74,7 +75,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     action, code, message = decide(args.exit_code, args.run_dir, args.max_restarts)
     print(f"megatron-meta launcher: {message}", flush=True)
     if action == "requeue":
-        slurm_job.requeue()
+        try:
+            slurm_job.requeue()
+        except (OSError, RuntimeError, subprocess.SubprocessError) as e:
+            print(f"megatron-meta launcher: requeue failed ({e}); submit the job again to resume")
+            return 1
     return code
 
 
