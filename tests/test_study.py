@@ -91,3 +91,18 @@ stages: {{report: {{}}}}
     assert "| loo-Asia | all but Asia | full | tiny | finished | 4 |" in report
     again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert "skipped: done" in again.stdout and "torch.distributed.run" not in again.stdout
+
+
+def test_a_report_older_than_a_result_is_not_done(tmp_path):
+    from megatron_meta.study.kinds import KINDS
+
+    report = tmp_path / "report" / "study.md"
+    result = tmp_path / "eval" / "perplexity" / "a.json"
+    for path in (result, report):
+        path.parent.mkdir(parents=True)
+        path.write_text("{}")
+    done = KINDS["report"].done
+    os.utime(result, (1000, 1000))
+    assert done(str(report))
+    os.utime(result, (4e9, 4e9))  # a result written after the report
+    assert not done(str(report))

@@ -137,6 +137,19 @@ def _train_done(output: str) -> bool:
     return run_state.is_finished(output)
 
 
+def _report_done(output: str) -> bool:
+    """Written after every result and run state it reads (else it is stale and runs again)."""
+    import glob
+
+    if not os.path.exists(output):
+        return False
+    root = os.path.dirname(os.path.dirname(output))
+    inputs = glob.glob(os.path.join(root, "eval", "*", "*.json"))
+    inputs += glob.glob(os.path.join(root, "runs", "*", run_state.FILENAME))
+    newest = max((os.path.getmtime(p) for p in inputs), default=0.0)
+    return os.path.getmtime(output) >= newest
+
+
 @dataclass
 class Kind:
     """How one stage kind becomes commands."""
@@ -163,7 +176,7 @@ KINDS: Dict[str, Kind] = {
     "finetune": Kind("run", "python", ("convert",), _finetune),
     "perplexity": Kind("run", "python", ("train",), _perplexity),
     "mcq": Kind("run", "python", ("finetune", "convert"), _mcq),
-    "report": Kind("study", "python", ("train", "perplexity", "mcq"), _report),
+    "report": Kind("study", "python", ("train", "perplexity", "mcq"), _report, _report_done),
 }
 
 

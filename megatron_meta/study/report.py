@@ -60,6 +60,8 @@ def findings(study: Study, rows) -> List[str]:
         run
         for run in study.runs
         if trained.get(run.name) not in (None, "none") and not run.exclude and not run.region
+        # scored in its own training format (an ablation's variant may not have been tested)
+        and any((run.name, trained[run.name], g) in table for g in regions)
     ]
     baselines = [
         run
@@ -83,7 +85,7 @@ def findings(study: Study, rows) -> List[str]:
                 v = trained.get(run.name)
                 out.append(
                     _verdict(
-                        f"{run.name} (never saw {run.exclude}) matches {ref.name} on {run.exclude}",
+                        f"{run.name} (never saw {run.exclude}) beats {ref.name} on {run.exclude}",
                         table.get((run.name, v, run.exclude)),
                         table.get((ref.name, v, run.exclude)),
                     )
