@@ -65,6 +65,9 @@ class StopRequest:
         self._previous: Dict[int, Any] = {}
         for sig in STOP_SIGNALS:
             self._previous[sig] = signal.signal(sig, self._handle)
+            # Restart interrupted system calls: a signal landing in a gloo socket read must not
+            # fail the collective (EINTR) and crash the rank that was asked to save.
+            signal.siginterrupt(sig, False)
 
     def _handle(self, signum, frame) -> None:
         self.signum = signum
