@@ -113,7 +113,12 @@ def test_preemption_saves_requeues_and_resumes_without_losing_an_iteration(
     while time.time() < end and slurm_cluster.job_field(job, "Restarts") in (None, "0"):
         time.sleep(1)
     assert slurm_cluster.job_field(job, "Restarts") == "1", open(f"{save}.out").read()[-3000:]
-    slurm_cluster.run("scontrol", "update", f"JobId={job}", "StartTime=now")
+    # The requeued job passes through a cancelled/completing state before it is pending again;
+    # only then can its start time be moved (Slurm holds requeued jobs back about 2 minutes).
+    end = time.time() + 60
+    while time.time() < end and slurm_cluster.job_field(job, "JobState") != "PENDING":
+        time.sleep(0.5)
+    slurm_cluster.run("scontrol", "update", f"JobId={job}", "StartTime=now", check=True)
     assert slurm_cluster.wait(job) == "COMPLETED", open(f"{save}.out").read()[-3000:]
     out = open(f"{save}.out").read()
     assert "requeueing (restart 1" in out and "run finished at iteration 12" in out
