@@ -80,7 +80,8 @@ fi
 
 JOB=${SLURM_JOB_ID:?launch.sh runs inside a Slurm job (sbatch)}
 ATTEMPT=${SLURM_RESTART_COUNT:-0}
-LOG_DIR=${RUN_DIR:-${SLURM_SUBMIT_DIR:-.}}/logs/${JOB}_${ATTEMPT}
+# MM_LOG_ROOT: where commands without a run folder log (the study sets its output folder).
+LOG_DIR=${RUN_DIR:-${MM_LOG_ROOT:-${SLURM_SUBMIT_DIR:-.}}}/logs/${JOB}_${ATTEMPT}
 mkdir -p "$LOG_DIR"
 # The rendezvous host: the first node's address as Slurm knows it (names need not resolve).
 FIRST=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)

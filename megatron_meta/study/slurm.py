@@ -173,7 +173,7 @@ def submit(study: Study, nodes: List[Node], dry_run: bool = False) -> Dict[str, 
     groups: Dict[str, List[Node]] = {}
     for node in todo:
         groups.setdefault(node.group, []).append(node)
-    env = dict(os.environ, MM_HOME=root)
+    env = dict(os.environ, MM_HOME=root, MM_LOG_ROOT=study.output_dir)
     for node in todo:
         group = groups[node.group]
         if node.name in jobs:
