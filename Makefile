@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.megatron-meta-installed
-DEMO_DIR ?= runs/demo
+DEMO_DIR ?= runs/study-demo
 
 .PHONY: venv demo test test-fast bench bench-preprocess bench-throughput clean
 
@@ -19,8 +19,10 @@ $(STAMP): setup.py
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
+# The demo study (examples/study_demo.yaml) on this machine; done stages are skipped on re-runs.
 demo: venv
-	$(PY) -m megatron_meta.demo --output-dir $(DEMO_DIR)
+	$(PY) -m megatron_meta.cli study run examples/study_demo.yaml --executor local --nproc 2 \
+		--output-dir $(DEMO_DIR)
 
 test: venv
 	$(PY) -m pytest -q tests

@@ -18,6 +18,7 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "distributed: multi-process torch.distributed (gloo) test")
     config.addinivalue_line("markers", "slow: takes more than a few seconds")
     config.addinivalue_line("markers", "gpu: needs CUDA; skipped without it")
+    config.addinivalue_line("markers", "slurm: runs jobs on a real two-node Slurm cluster")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -86,3 +87,28 @@ def news_documents():
     zip_path = fetch_news_articles(os.path.join(USER_CACHE, "news-articles"))
     news100 = os.path.join(os.path.dirname(zip_path), "News100.zip")
     return list(read_news_articles(news100, RegionTable.default(), BadRecords("skip"), "News100"))
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory):
+    """A real two-node Slurm cluster (munge, slurmctld, two slurmd), one per test session;
+    skipped with the reason where this machine cannot run it."""
+    from slurm_support import Cluster, why_not
+
+    reason = why_not()
+    if reason:
+        pytest.skip(reason)
+    folder = str(tmp_path_factory.mktemp("slurm"))
+    os.chmod(folder, 0o755)
+    cluster = Cluster(folder)
+    old = os.environ.get("SLURM_CONF")
+    try:
+        cluster.start()
+        os.environ["SLURM_CONF"] = cluster.conf
+        yield cluster
+    finally:
+        cluster.stop()
+        if old is None:
+            os.environ.pop("SLURM_CONF", None)
+        else:
+            os.environ["SLURM_CONF"] = old

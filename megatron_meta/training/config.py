@@ -135,6 +135,17 @@ class TrainingConfig:
     exit_interval: Optional[int] = _opt(
         None, "--exit-interval", help="stop (after saving) once the iteration is a multiple of N"
     )
+    exit_duration_in_mins: Optional[float] = _opt(
+        None,
+        "--exit-duration-in-mins",
+        help="save and stop after this many minutes (default inside a Slurm job with a time "
+        "limit: until the job's end minus --exit-duration-margin-mins)",
+    )
+    exit_duration_margin_mins: float = _opt(
+        5.0,
+        "--exit-duration-margin-mins",
+        help="minutes kept before a Slurm job's end for the last iteration and checkpoint",
+    )
     eval_interval: Optional[int] = _opt(
         None, "--eval-interval", help="validation every N iterations (always at the end)"
     )
@@ -171,7 +182,10 @@ class CheckpointConfig:
         None, "--save", help="checkpoint folder (also holds config.yaml and metrics.jsonl)"
     )
     load: Optional[str] = _opt(
-        None, "--load", help="resume from the latest checkpoint in this folder (if it has one)"
+        None,
+        "--load",
+        help="resume from the latest checkpoint in this folder (default: --save when it holds "
+        "one, so a requeued job continues by itself)",
     )
     save_interval: Optional[int] = _opt(
         None, "--save-interval", help="checkpoint every N iterations (always at the end)"

@@ -47,6 +47,12 @@ def validate(config: RunConfig) -> None:
             raise ConfigError(f"{flag} {value} must be at least 1")
     if d.num_workers < 0:
         raise ConfigError(f"--num-workers {d.num_workers} must be 0 or more")
+    if t.exit_duration_in_mins is not None and t.exit_duration_in_mins <= 0:
+        raise ConfigError(f"--exit-duration-in-mins {t.exit_duration_in_mins} must be positive")
+    if t.exit_duration_margin_mins < 0:
+        raise ConfigError(
+            f"--exit-duration-margin-mins {t.exit_duration_margin_mins} must be 0 or more"
+        )
     if t.global_batch_size % t.micro_batch_size:
         raise ConfigError(
             f"--global-batch-size {t.global_batch_size} is not a multiple of --micro-batch-size "
@@ -127,6 +133,7 @@ def preflight(config: RunConfig) -> Manifest:
         raise ConfigError("--bf16 needs CUDA; on the CPU training runs in fp32 (--no-bf16)")
     manifest = load_manifest(config.data.manifest)
     select_shards(manifest, config.data.variant, config.data.exclude_regions)
+    resume_from_save(config)
     load, save = config.checkpoint.load, config.checkpoint.save
     if start.mode != "fresh":  # refuse another model's checkpoint before building anything
         info = checkpoint_info(start.path)
@@ -147,6 +154,16 @@ def preflight(config: RunConfig) -> Manifest:
     if save is None and rank_zero():
         logger.warning("no --save folder: no checkpoints and no metrics.jsonl will be written")
     return manifest
+
+
+def resume_from_save(config: RunConfig) -> None:
+    """Without ``--load``, resume from ``--save`` when it holds a complete checkpoint: a
+    requeued or resubmitted job continues where it stopped with the same command."""
+    c = config.checkpoint
+    if c.load is None and c.save and os.path.isdir(c.save) and ckpt.latest_checkpoint(c.save):
+        c.load = c.save
+        if rank_zero():
+            logger.info("resuming from the newest checkpoint in --save %s", c.save)
 
 
 def rank_zero() -> bool:

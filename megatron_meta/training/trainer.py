@@ -15,12 +15,14 @@ import dataclasses
 import logging
 import os
 import signal
+import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 import torch
 import torch.distributed as dist
 
+from megatron_meta.cluster import run_state, slurm_job
 from megatron_meta.errors import CheckpointError
 from megatron_meta.models import build_model
 from megatron_meta.models.build import pad_vocab_size
@@ -29,7 +31,7 @@ from megatron_meta.parallel import ParallelInfo, destroy_parallel, initialize_pa
 from megatron_meta.platform import cpu as platform
 from megatron_meta.preprocess.manifest import Manifest
 from megatron_meta.training import checkpoint as ckpt
-from megatron_meta.training.config import RunConfig, dump_yaml
+from megatron_meta.training.config import RunConfig, TrainingConfig, dump_yaml
 from megatron_meta.training.data import TrainBatches, build_phases
 from megatron_meta.training.metrics import LossWindow, MetricsWriter, Throughput
 from megatron_meta.training.optimizer import build_optimizer, learning_rate, set_learning_rate
@@ -53,7 +55,7 @@ class TrainSummary:
     val_loss: Dict[str, float] = field(default_factory=dict)
     """Last validation loss per region."""
     stopped_by: Optional[str] = None
-    """``exit-interval`` or a signal name when the run stopped before ``--train-iters``."""
+    """``exit-interval``, ``exit-duration`` or a signal name when the run stopped early."""
 
 
 class StopRequest:
@@ -64,6 +66,9 @@ class StopRequest:
         self._previous: Dict[int, Any] = {}
         for sig in STOP_SIGNALS:
             self._previous[sig] = signal.signal(sig, self._handle)
+            # Restart interrupted system calls: a signal landing in a gloo socket read must not
+            # fail the collective (EINTR) and crash the rank that was asked to save.
+            signal.siginterrupt(sig, False)
 
     def _handle(self, signum, frame) -> None:
         self.signum = signum
@@ -71,10 +76,15 @@ class StopRequest:
             "received %s: saving a checkpoint after this iteration", signal.Signals(signum).name
         )
 
-    def agreed(self, device: torch.device) -> Optional[str]:
-        flag = torch.tensor([0 if self.signum is None else int(self.signum)], device=device)
+    def agreed(self, device: torch.device, time_up: bool = False) -> Optional[str]:
+        """The stop reason all ranks agree on: a signal's name, ``exit-duration`` or None."""
+        flag = torch.tensor(
+            [0 if self.signum is None else int(self.signum), int(time_up)], device=device
+        )
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return signal.Signals(int(flag.item())).name if int(flag.item()) else None
+        if int(flag[0].item()):
+            return signal.Signals(int(flag[0].item())).name
+        return "exit-duration" if int(flag[1].item()) else None
 
     def close(self) -> None:
         for sig, handler in self._previous.items():
@@ -167,6 +177,8 @@ class TrainingRun:
         self.last_saved: Optional[int] = None
         self.summary = TrainSummary(iteration=0)
         self.stop = StopRequest()
+        # Rank 0 alone keeps the clock (one squeue call per job); the stop flag is all-reduced.
+        self.deadline = exit_deadline(config.training) if info.rank == 0 else None
 
     # -- checkpoints ---------------------------------------------------------------------------
 
@@ -264,9 +276,10 @@ class TrainingRun:
 
     def check_stop(self) -> None:
         exit_interval = self.config.training.exit_interval
-        signal_name = self.stop.agreed(self.info.device)
-        if signal_name:
-            self.summary.stopped_by = signal_name
+        time_up = self.deadline is not None and time.monotonic() >= self.deadline
+        reason = self.stop.agreed(self.info.device, time_up)
+        if reason:
+            self.summary.stopped_by = reason
         elif exit_interval and self.iteration % exit_interval == 0 and not self.done():
             self.summary.stopped_by = "exit-interval"
 
@@ -296,9 +309,33 @@ class TrainingRun:
         if (interval and self.iteration % interval == 0) or self.done():
             self.save()
 
+    def write_state(self, state: str) -> None:
+        """Tell the launcher what this run is doing (:mod:`megatron_meta.cluster.run_state`);
+        the barrier keeps every rank alive until rank 0 wrote it, so no launcher kills it."""
+        save = self.config.checkpoint.save
+        if save and self.info.rank == 0:
+            reason = self.summary.stopped_by if state == run_state.STOPPED else None
+            run_state.write_state(save, run_state.RunState(state, self.iteration, reason))
+        dist.barrier()
+
     def close(self) -> None:
         self.stop.close()
         self.metrics.close()
+
+
+def exit_deadline(t: TrainingConfig) -> Optional[float]:
+    """``time.monotonic()`` at which to save and stop: ``--exit-duration-in-mins``, or inside a
+    Slurm job with a time limit, its end minus ``--exit-duration-margin-mins``."""
+    minutes = t.exit_duration_in_mins
+    if minutes is None:
+        minutes = slurm_job.default_exit_duration_mins(t.exit_duration_margin_mins)
+        if minutes is not None:
+            logger.info(
+                "Slurm job ends in %.1f min: saving and stopping after %.1f min "
+                "(--exit-duration-in-mins; margin %.1f min)",
+                minutes + t.exit_duration_margin_mins, minutes, t.exit_duration_margin_mins,
+            )
+    return None if minutes is None else time.monotonic() + 60.0 * minutes
 
 
 def train(config: RunConfig, manifest: Optional[Manifest] = None) -> TrainSummary:
@@ -316,6 +353,7 @@ def train(config: RunConfig, manifest: Optional[Manifest] = None) -> TrainSummar
             dump_yaml(config, os.path.join(config.checkpoint.save, "config.yaml"))
         run = TrainingRun(config, info, manifest)
         run.load()
+        run.write_state(run_state.RUNNING)
         run.throughput.start()
         while not run.done():
             run.step()
@@ -324,6 +362,8 @@ def train(config: RunConfig, manifest: Optional[Manifest] = None) -> TrainSummar
             run.log_if_due(val_loss)
             run.save_if_due()
         run.summary.iteration = run.iteration
+        finished = run.iteration >= config.training.train_iters
+        run.write_state(run_state.FINISHED if finished else run_state.STOPPED)
         if run.summary.stopped_by and info.rank == 0:
             logger.info("stopped at iteration %d (%s)", run.iteration, run.summary.stopped_by)
         return run.summary

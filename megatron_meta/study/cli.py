@@ -1,0 +1,108 @@
+"""``megatron-meta study plan|submit|status|run|report STUDY.yaml``.
+
+    megatron-meta study plan examples/study_paper.yaml            # the graph and its commands
+    megatron-meta study submit examples/study_paper.yaml --dry-run
+    megatron-meta study submit examples/study_paper.yaml          # Slurm, afterok chains
+    megatron-meta study status examples/study_paper.yaml          # per node: state, attempts
+    megatron-meta study run examples/study_demo.yaml --executor local --nproc 2
+    megatron-meta study report examples/study_demo.yaml
+
+Running ``submit`` or ``run`` again skips what is done and redoes only what failed or is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+from typing import List
+
+from megatron_meta.errors import MegatronMetaError
+from megatron_meta.study.graph import build_graph
+from megatron_meta.study.spec import load_study
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="megatron-meta study",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = p.add_subparsers(dest="action", required=True)
+    for name, help_ in (
+        ("plan", "print the graph and the exact commands"),
+        ("submit", "submit what is not done to Slurm"),
+        ("status", "state of every node (done, pending, running, failed, ...)"),
+        ("run", "run the graph on this machine"),
+        ("report", "tables and charts from the study's outputs"),
+    ):
+        s = sub.add_parser(name, help=help_)
+        s.add_argument("study", metavar="STUDY.yaml")
+        s.add_argument("--output-dir", help="override the study's output_dir")
+        if name == "submit":
+            s.add_argument("--dry-run", action="store_true", help="print the sbatch commands only")
+        if name == "run":
+            s.add_argument(
+                "--executor",
+                choices=("local", "slurm"),
+                default="local",
+                help="local: here, one node after the other; slurm: same as submit",
+            )
+            s.add_argument("--nproc", type=int, default=1, help="training processes (torchrun)")
+            s.add_argument("--verbose", action="store_true", help="show every line of every stage")
+    return p
+
+
+def main(argv: List[str]) -> int:
+    args = build_parser().parse_args(argv)
+    study = load_study(args.study, args.output_dir)
+    nodes = build_graph(study)
+    if args.action == "plan":
+        print(
+            f"study {study.name}: {len(study.runs)} pretraining runs, {len(nodes)} nodes; "
+            f"outputs in {study.output_dir}"
+        )
+        for node in nodes:
+            after = f"  (after {', '.join(node.deps)})" if node.deps else ""
+            print(f"\n{node.name}{after}\n  $ megatron-meta {shlex.join(node.args)}")
+        return 0
+    if args.action == "report":
+        from megatron_meta.study.report import study_report
+
+        print(study_report(study))
+        return 0
+    if args.action == "status":
+        return status(study, nodes)
+    if args.action == "submit" or args.executor == "slurm":
+        from megatron_meta.study.slurm import submit
+
+        submit(study, nodes, dry_run=getattr(args, "dry_run", False))
+        return 0
+    from megatron_meta.study.local import run_local
+
+    failed = run_local(study, nodes, nproc=args.nproc, verbose=args.verbose)
+    if failed:
+        raise MegatronMetaError(f"{failed} node(s) failed or could not run; see `study status`")
+    return 0
+
+
+def status(study, nodes) -> int:
+    from megatron_meta.study.ledger import Ledger
+
+    ledger = Ledger(study.output_dir)
+    live = None
+    counts: dict = {}
+    print(f"{'node':<40} {'state':<10} {'attempts':>8}  job")
+    for node in nodes:
+        entry = ledger.get(node.name)
+        if entry.get("executor") == "slurm":
+            from megatron_meta.study.slurm import live_jobs, node_state
+
+            live = live_jobs() if live is None else live
+            state, attempts = node_state(node, entry, live)
+        else:
+            state = "done" if node.done() else entry.get("state", "missing")
+            attempts = entry.get("attempts", 0)
+        counts[state] = counts.get(state, 0) + 1
+        print(f"{node.name:<40} {state:<10} {attempts:>8}  {entry.get('job', '-')}")
+    print("\n" + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    return 0

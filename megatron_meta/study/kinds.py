@@ -1,0 +1,187 @@
+"""Stage kinds: each turns a node of the study into its ``megatron-meta`` command.
+
+Adding a stage is one entry of :data:`KINDS`: its scope (once for the data, once per run, or
+once for the study), how it is launched (``torchrun`` on the job's nodes, or one ``python``
+process), what it waits for, its command and the output whose existence means it is done.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from megatron_meta.cluster import run_state
+from megatron_meta.study.spec import Run, Study
+
+Flags = Dict[str, Any]
+
+
+def flag_args(flags: Flags, skip: Tuple[str, ...] = ("only", "slurm")) -> List[str]:
+    """``{'train-iters': 5, 'metadata-wrap': True}`` -> ``['--train-iters', '5', '--metadata-wrap']``."""
+    out: List[str] = []
+    for key, value in flags.items():
+        if key in skip or value is None or value is False:
+            continue
+        out.append(f"--{key}")
+        if value is not True:
+            out.extend(str(v) for v in value) if isinstance(value, list) else out.append(str(value))
+    return out
+
+
+def manifest_path(study: Study) -> str:
+    if study.data.get("manifest"):
+        return os.path.abspath(study.data["manifest"])
+    return study.path_in("data", "corpus.manifest.json")
+
+
+def run_dir(study: Study, run: Run) -> str:
+    return study.path_in("runs", run.name)
+
+
+def hf_dir(study: Study, run: Run) -> str:
+    return study.path_in("hf", run.name)
+
+
+def sft_dir(study: Study, run: Run) -> str:
+    return study.path_in("sft", run.name)
+
+
+def _tokenizer(study: Study, run: Optional[Run], flags: Flags) -> Tuple[List[str], str]:
+    prefix = study.path_in("data", "tokenizer")
+    return ["train-tokenizer", *flag_args(flags), "--output-prefix", prefix], prefix + ".model"
+
+
+def _preprocess(study: Study, run: Optional[Run], flags: Flags) -> Tuple[List[str], str]:
+    manifest = manifest_path(study)
+    extra = []
+    if "tokenizer" in study.data and "tokenizer-model" not in flags:
+        extra = ["--tokenizer-model", study.path_in("data", "tokenizer.model")]
+    prefix = manifest[: -len(".manifest.json")]
+    return ["preprocess", *flag_args(flags), *extra, "--output-prefix", prefix], manifest
+
+
+def _train(study: Study, run: Optional[Run], flags: Flags) -> Tuple[List[str], str]:
+    assert run is not None
+    train = dict(run.train)
+    if run.variant:
+        train["variant"] = run.variant
+    if run.model:
+        train["model"] = run.model
+    if run.region:
+        train["exclude-regions"] = ",".join(r for r in study.regions if r != run.region)
+    if run.exclude:
+        train["exclude-regions"] = run.exclude
+    if train.get("config"):  # jobs may start elsewhere (sbatch --chdir): name the recipe fully
+        train["config"] = os.path.abspath(str(train["config"]))
+    save = run_dir(study, run)
+    args = ["train", *flag_args(train), "--data-manifest", manifest_path(study), "--save", save]
+    return args, save
+
+
+def _convert(study: Study, run: Optional[Run], flags: Flags) -> Tuple[List[str], str]:
+    out = hf_dir(study, run)
+    return [
+        "convert",
+        "to-hf",
+        "--load",
+        run_dir(study, run),
+        "--output",
+        out,
+        *flag_args(flags),
+    ], os.path.join(out, "config.json")
+
+
+def _finetune(study: Study, run: Optional[Run], flags: Flags) -> Tuple[List[str], str]:
+    out = sft_dir(study, run)
+    args = ["finetune", "--model", hf_dir(study, run), *flag_args(flags), "--output", out]
+    return args, os.path.join(out, "config.json")
+
+
+def _perplexity(study: Study, run: Optional[Run], flags: Flags) -> Tuple[List[str], str]:
+    out = study.path_in("eval", "perplexity", f"{run.name}.json")
+    args = [
+        "evaluate",
+        "perplexity",
+        "--load",
+        run_dir(study, run),
+        "--data-manifest",
+        manifest_path(study),
+        *flag_args(flags),
+        "--label",
+        run.name,
+        "--output",
+        out,
+    ]
+    return args, out
+
+
+def _mcq(study: Study, run: Optional[Run], flags: Flags) -> Tuple[List[str], str]:
+    out = study.path_in("eval", "mcq", f"{run.name}.json")
+    model = (
+        sft_dir(study, run)
+        if "finetune" in study.stages and _selected(study, "finetune", run)
+        else hf_dir(study, run)
+    )
+    flags = {"scoring": "loglik", "metadata": "with,without", **flags}
+    return ["evaluate", "mcq", "--model", model, *flag_args(flags), "--output", out], out
+
+
+def _report(study: Study, run: Optional[Run], flags: Flags) -> Tuple[List[str], str]:
+    return ["study", "report", study.path, "--output-dir", study.output_dir], study.path_in(
+        "report", "study.md"
+    )
+
+
+def _train_done(output: str) -> bool:
+    return run_state.is_finished(output)
+
+
+def _report_done(output: str) -> bool:
+    """Written after every result and run state it reads (else it is stale and runs again)."""
+    import glob
+
+    if not os.path.exists(output):
+        return False
+    root = os.path.dirname(os.path.dirname(output))
+    inputs = glob.glob(os.path.join(root, "eval", "*", "*.json"))
+    inputs += glob.glob(os.path.join(root, "runs", "*", run_state.FILENAME))
+    newest = max((os.path.getmtime(p) for p in inputs), default=0.0)
+    return os.path.getmtime(output) >= newest
+
+
+@dataclass
+class Kind:
+    """How one stage kind becomes commands."""
+
+    scope: str
+    """``data`` (once, before the runs), ``run`` (once per run) or ``study`` (once, at the end)."""
+    launcher: str
+    """``torchrun`` (one per node, distributed) or ``python`` (one process)."""
+    after: Tuple[str, ...]
+    """Kinds it waits for: the same run's (scope run) or all of them (scope study)."""
+    build: Callable[[Study, Optional[Run], Flags], Tuple[List[str], str]]
+    """-> (``megatron-meta`` arguments, the output that exists once it is done)."""
+    done: Callable[[str], bool] = os.path.exists
+    """Whether the output says the stage is complete."""
+    sbatch: str = "study_task.sbatch"
+    """Script in slurm/ that runs it."""
+
+
+KINDS: Dict[str, Kind] = {
+    "tokenizer": Kind("data", "python", (), _tokenizer),
+    "preprocess": Kind("data", "python", ("tokenizer",), _preprocess),
+    "train": Kind("run", "torchrun", ("preprocess",), _train, _train_done),
+    "convert": Kind("run", "python", ("train",), _convert),
+    "finetune": Kind("run", "python", ("convert",), _finetune),
+    "perplexity": Kind("run", "python", ("train",), _perplexity),
+    "mcq": Kind("run", "python", ("finetune", "convert"), _mcq),
+    "report": Kind("study", "python", ("train", "perplexity", "mcq"), _report, _report_done),
+}
+
+
+def _selected(study: Study, kind: str, run: Run) -> bool:
+    import fnmatch
+
+    only = study.stages.get(kind, {}).get("only")
+    return only is None or any(fnmatch.fnmatch(run.name, p) for p in only)

@@ -1,0 +1,197 @@
+"""The study file: data, runs (one or a grid), the stages after them, shared defaults.
+
+    name: demo
+    output_dir: runs/study-demo        # relative to the working directory
+    regions: [America, Asia, Europe]   # the data's regions (local and leave-one-out runs)
+    data:
+      manifest: data/now.manifest.json # or: tokenizer: {flags}, preprocess: {flags}
+    defaults:
+      train: {config: examples/tiny_cpu.yaml, train-iters: 200}   # megatron-meta train flags
+      slurm: {partition: gpu, time: "2-00:00:00", gpus_per_node: 4}
+    runs:
+      - name: "global-{variant}"       # {field} takes the grid's values
+        variant: [full, none]          # a list makes a grid (every combination)
+      - name: "loo-{exclude}"
+        exclude: [Europe]              # leave-one-region-out
+      - name: "local-{region}"
+        region: [Asia]                 # trained on that region alone
+        train: {train-iters: 100}      # per-run overrides of defaults.train
+    stages:                            # after each run, in this order; `only:` narrows the runs
+      perplexity: {variants: "full,none", max-documents: 100}
+      convert: {}
+      finetune: {data: alpaca.json, metadata-wrap: true, only: ["global-*"]}
+      mcq: {benchmark: mcq.jsonl, scoring: loglik}
+      report: {}
+
+Flags are written as in the command line without the dashes (``train-iters: 200``); ``true``
+gives a bare flag.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+import yaml
+
+from megatron_meta.errors import ConfigError
+
+RUN_FIELDS = ("region", "exclude", "variant", "model")
+TOP_KEYS = ("name", "output_dir", "regions", "data", "defaults", "runs", "stages")
+
+
+@dataclass
+class Run:
+    """One model to pretrain, grid already expanded."""
+
+    name: str
+    """Unique name: its folder under ``runs/`` and its label in every result."""
+    entry: int
+    """Index of the ``runs:`` entry it came from (runs of one entry share a Slurm array)."""
+    region: Optional[str] = None
+    """Train on this region alone (None: every region not excluded)."""
+    exclude: Optional[str] = None
+    """Region left out (leave-one-region-out)."""
+    variant: Optional[str] = None
+    """Metadata variant (``--variant``)."""
+    model: Optional[str] = None
+    """Model preset (``--model``)."""
+    train: Dict[str, Any] = field(default_factory=dict)
+    """``megatron-meta train`` flags: defaults.train, then the entry's ``train:``."""
+
+
+@dataclass
+class Study:
+    """A parsed study file."""
+
+    path: str
+    """The YAML file (absolute)."""
+    name: str
+    """Study name (Slurm job names start with it)."""
+    output_dir: str
+    """Absolute folder of every output, the ledger and the logs."""
+    regions: List[str]
+    """The data's regions."""
+    data: Dict[str, Any]
+    """``manifest`` or ``tokenizer`` / ``preprocess`` flags."""
+    runs: List[Run]
+    """Expanded runs, in file order."""
+    stages: Dict[str, Dict[str, Any]]
+    """Stage kind -> its flags (and ``only``), in file order."""
+    slurm: Dict[str, Any]
+    """Slurm settings (partition, account, qos, time, nodes, gpus_per_node, cpus_per_task,
+    env, container_image, container_mounts, max_restarts, throttle, extra)."""
+
+    def path_in(self, *parts: str) -> str:
+        return os.path.join(self.output_dir, *parts)
+
+
+def _mapping(value: Any, where: str) -> Dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where} must be a mapping (key: value)")
+    return dict(value)
+
+
+def _expand(entry: Dict[str, Any], index: int, where: str) -> List[Run]:
+    unknown = set(entry) - set(RUN_FIELDS) - {"name", "train"}
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key(s) {', '.join(sorted(unknown))}; a run has name, "
+            f"{', '.join(RUN_FIELDS)} and train"
+        )
+    if "name" not in entry:
+        raise ConfigError(f"{where}: a run needs a name (with {{field}} for grid values)")
+    axes = {
+        k: entry[k] if isinstance(entry[k], list) else [entry[k]] for k in RUN_FIELDS if k in entry
+    }
+    if "region" in axes and "exclude" in axes:
+        raise ConfigError(
+            f"{where}: give region (local model) or exclude (leave-one-out), not both"
+        )
+    runs = []
+    for combo in itertools.product(*axes.values()) if axes else [()]:
+        values = {k: str(v) for k, v in zip(axes, combo)}
+        try:
+            name = str(entry["name"]).format(**values)
+        except KeyError as e:
+            raise ConfigError(f"{where}: name {entry['name']!r} uses {e}, which the run lacks")
+        runs.append(
+            Run(
+                name=name,
+                entry=index,
+                **values,
+                train=_mapping(entry.get("train"), f"{where}.train"),
+            )
+        )
+    return runs
+
+
+def load_study(path: str, output_dir: Optional[str] = None) -> Study:
+    """Read and validate a study file; ``output_dir`` overrides the file's."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"study file {path} not found")
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = yaml.safe_load(f) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e})")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected the keys {', '.join(TOP_KEYS)} at the top")
+    unknown = set(raw) - set(TOP_KEYS)
+    if unknown:
+        raise ConfigError(
+            f"{path}: unknown key(s) {', '.join(sorted(unknown))}; keys are {', '.join(TOP_KEYS)}"
+        )
+    defaults = _mapping(raw.get("defaults"), f"{path}: defaults")
+    base_train = _mapping(defaults.get("train"), f"{path}: defaults.train")
+    data = _mapping(raw.get("data"), f"{path}: data")
+    if not data.get("manifest") and "preprocess" not in data:
+        raise ConfigError(f"{path}: data needs a manifest (path) or preprocess (flags)")
+    if not isinstance(raw.get("runs"), list) or not raw["runs"]:
+        raise ConfigError(f"{path}: runs must be a non-empty list")
+    runs: List[Run] = []
+    for i, entry in enumerate(raw["runs"]):
+        for run in _expand(_mapping(entry, f"{path}: runs[{i}]"), i, f"{path}: runs[{i}]"):
+            run.train = {**base_train, **run.train}
+            runs.append(run)
+    names = [r.name for r in runs]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ConfigError(f"{path}: run names must be unique; repeated: {', '.join(dupes)}")
+    regions = [str(r) for r in raw.get("regions") or []]
+    for run in runs:
+        for key in ("region", "exclude"):
+            value = getattr(run, key)
+            if value is not None and value not in regions:
+                raise ConfigError(
+                    f"{path}: run {run.name}: {key} {value!r} is not in regions ({', '.join(regions)})"
+                )
+    stages = {
+        k: _mapping(v, f"{path}: stages.{k}")
+        for k, v in _mapping(raw.get("stages"), f"{path}: stages").items()
+    }
+    from megatron_meta.study.kinds import KINDS  # the registry names the valid stages
+
+    bad = [k for k in stages if k not in KINDS or KINDS[k].scope == "data"]
+    if bad:
+        valid = [k for k, v in KINDS.items() if v.scope != "data"]
+        raise ConfigError(
+            f"{path}: unknown stage(s) {', '.join(bad)}; stages are {', '.join(valid)}"
+        )
+    base = os.path.abspath(
+        output_dir or raw.get("output_dir") or os.path.join("runs", raw.get("name", "study"))
+    )
+    return Study(
+        path=os.path.abspath(path),
+        name=str(raw.get("name") or os.path.splitext(os.path.basename(path))[0]),
+        output_dir=base,
+        regions=regions,
+        data=data,
+        runs=runs,
+        stages=stages,
+        slurm=_mapping(defaults.get("slurm"), f"{path}: defaults.slurm"),
+    )
