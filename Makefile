@@ -25,7 +25,7 @@ demo: venv
 		--output-dir $(DEMO_DIR)
 
 test: venv
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=30 tests
 
 test-fast: venv
 	$(PY) -m pytest -q tests -m "not distributed and not slow"
