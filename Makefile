@@ -21,8 +21,7 @@ $(STAMP): setup.py
 
 # The demo study (examples/study_demo.yaml) on this machine; done stages are skipped on re-runs.
 demo: venv
-	$(PY) -m megatron_meta.cli study run examples/study_demo.yaml --executor local --nproc 2 \
-		--output-dir $(DEMO_DIR)
+	$(PY) -m megatron_meta.cli demo --nproc 2 --output-dir $(DEMO_DIR)
 
 test: venv
 	$(PY) -m pytest -q --durations=30 tests

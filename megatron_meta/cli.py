@@ -27,7 +27,7 @@ SUBCOMMANDS: Dict[str, Tuple[str, str]] = {
     "evaluate": ("megatron_meta.evaluation.cli", "perplexity, MCQ accuracy, harness task, reports"),
     "generate": ("megatron_meta.evaluation.generate", "sample from a model with a metadata prefix"),
     "study": ("megatron_meta.study.cli", "plan, submit, monitor and run a whole study (local or Slurm)"),
-    "demo": ("megatron_meta.demo", "the end-to-end demo on the embedded news corpus"),
+    "demo": ("megatron_meta.demo", "the demo study (examples/study_demo.yaml) on this machine"),
 }
 
 

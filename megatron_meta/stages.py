@@ -1,21 +1,17 @@
-"""Stages of a multi-command job: banners, timings, skip-if-done, and filtered live output.
+"""The commands of a study run on this machine: banners and filtered live output.
 
-A stage is skipped when its outputs exist and a stamp file records that they were made with the
-same settings (so a re-run resumes after the last completed stage and a changed setting redoes
-what depends on it). Commands run as subprocesses whose output streams live to the console,
-minus library noise, and completely to a log file.
+Commands run as subprocesses whose output streams live to the console, minus library noise, and
+completely to a log file. (Which stages are done is the study's business: megatron_meta/study.)
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shlex
 import subprocess
 import sys
-import time
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Dict, List, Optional
 
 from megatron_meta.errors import MegatronMetaError
 
@@ -95,48 +91,3 @@ def run_command(
             sys.stdout.write("".join("    | " + t for t in tail))
         where = f"; full log: {log_path}" if log_path else ""
         raise MegatronMetaError(f"command failed with exit code {code}: {shlex.join(cmd)}{where}")
-
-
-class Stages:
-    """Runs stages in order; skips one whose outputs exist and whose settings are unchanged."""
-
-    def __init__(self, state_dir: str, total: int, force: bool = False):
-        self.state_dir = state_dir
-        self.total = total
-        self.force = force
-        self.index = 0
-        self.timings: List[Tuple[str, float, str]] = []
-
-    def _stamp(self, name: str) -> str:
-        return os.path.join(self.state_dir, f"{name}.json")
-
-    def announce(self, name: str, what: str) -> None:
-        """Banner of a stage that is always run (no outputs to check)."""
-        self.index += 1
-        banner(self.index, self.total, name, what)
-
-    def run(
-        self, name: str, what: str, outputs: List[str], settings: Dict,
-        action: Callable[[], None],
-    ) -> None:
-        """Run ``action`` unless ``outputs`` exist and the last run had the same ``settings``."""
-        self.announce(name, what)
-        stamp = self._stamp(name)
-        if not self.force and all(os.path.exists(p) for p in outputs) and os.path.exists(stamp):
-            with open(stamp, encoding="utf-8") as f:
-                if json.load(f) == json.loads(json.dumps(settings)):
-                    print(f"skipped: outputs complete ({', '.join(outputs)})", flush=True)
-                    self.timings.append((name, 0.0, "skipped"))
-                    return
-        start = time.perf_counter()
-        action()
-        missing = [p for p in outputs if not os.path.exists(p)]
-        if missing:
-            raise MegatronMetaError(f"stage {name} finished but did not write {', '.join(missing)}")
-        seconds = time.perf_counter() - start
-        os.makedirs(os.path.dirname(stamp), exist_ok=True)
-        with open(stamp + ".tmp", "w", encoding="utf-8") as f:
-            json.dump(settings, f, indent=2, sort_keys=True)
-        os.replace(stamp + ".tmp", stamp)
-        self.timings.append((name, seconds, "ran"))
-        print(f"--- {name} done in {seconds:.1f} s", flush=True)

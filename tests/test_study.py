@@ -30,7 +30,10 @@ def test_the_paper_study_has_its_31_models_and_their_stages():
     assert local[local.index("--exclude-regions") + 1] == "America,Asia,Europe"
     assert nodes["convert/global-full-paper-1b"].deps == ["train/global-full-paper-1b"]
     assert nodes["finetune/global-full-paper-1b"].deps == ["convert/global-full-paper-1b"]
-    assert nodes["mcq/global-full-paper-1b"].deps == ["finetune/global-full-paper-1b"]
+    assert nodes["merge/global-full-paper-1b"].deps == ["finetune/global-full-paper-1b"]
+    assert nodes["mcq/global-full-paper-1b"].deps == ["merge/global-full-paper-1b"]
+    assert "--model" in nodes["mcq/global-full-paper-1b"].args and nodes["mcq/global-full-paper-1b"].args[
+        nodes["mcq/global-full-paper-1b"].args.index("--model") + 1].endswith("merged")
     assert "finetune/local-Africa-full-paper-1b" not in nodes  # only: global 1B models
     assert len(nodes["report"].deps) == 31 + 31 + 2  # every train, perplexity and mcq
 

@@ -38,7 +38,7 @@ class Node:
 def build_graph(study: Study) -> List[Node]:
     """Every node, dependencies first (file order otherwise)."""
     nodes: List[Node] = []
-    data_kinds = [k for k in ("tokenizer", "preprocess") if k in study.data]
+    data_kinds = [k for k, v in KINDS.items() if v.scope == "data" and k in study.data]
     for kind in data_kinds:
         args, out = KINDS[kind].build(study, None, dict(study.data[kind] or {}))
         deps = [d for d in KINDS[kind].after if d in data_kinds]
@@ -53,6 +53,7 @@ def build_graph(study: Study) -> List[Node]:
             args, out = KINDS[kind].build(study, run, flags)
             name = f"{kind}/{run.name}"
             deps = [present[a] for a in KINDS[kind].after if a in present][:1]
+            deps += [a for a in KINDS[kind].after if a in data_kinds]
             if kind == "train":
                 deps = [n.name for n in nodes if n.kind == "preprocess"]
             nodes.append(Node(name, kind, args, out, deps, run))

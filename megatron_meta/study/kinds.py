@@ -92,10 +92,39 @@ def _convert(study: Study, run: Optional[Run], flags: Flags) -> Tuple[List[str],
     ], os.path.join(out, "config.json")
 
 
+def instructions_path(study: Study) -> str:
+    return study.path_in("data", "instructions.jsonl")
+
+
+def _instructions(study: Study, run: Optional[Run], flags: Flags) -> Tuple[List[str], str]:
+    out = instructions_path(study)
+    return ["finetune", "make-data", *flag_args(flags), "--output", out], out
+
+
 def _finetune(study: Study, run: Optional[Run], flags: Flags) -> Tuple[List[str], str]:
     out = sft_dir(study, run)
+    if "data" not in flags and "instructions" in study.data:
+        flags = {**flags, "data": instructions_path(study)}
     args = ["finetune", "--model", hf_dir(study, run), *flag_args(flags), "--output", out]
+    return args, os.path.join(out, "adapter", "adapter_config.json")
+
+
+def merged_dir(study: Study, run: Run) -> str:
+    return os.path.join(sft_dir(study, run), "merged")
+
+
+def _merge(study: Study, run: Optional[Run], flags: Flags) -> Tuple[List[str], str]:
+    out = merged_dir(study, run)
+    adapter = os.path.join(sft_dir(study, run), "adapter")
+    args = ["finetune", "merge", "--adapter", adapter, *flag_args(flags), "--output", out]
     return args, os.path.join(out, "config.json")
+
+
+def _counterfactual(study: Study, run: Optional[Run], flags: Flags) -> Tuple[List[str], str]:
+    out = study.path_in("eval", "counterfactual", f"{run.name}.json")
+    args = ["evaluate", "counterfactual", "--model", hf_dir(study, run), "--data-manifest",
+            manifest_path(study), *flag_args(flags), "--label", run.name, "--output", out]
+    return args, out
 
 
 def _perplexity(study: Study, run: Optional[Run], flags: Flags) -> Tuple[List[str], str]:
@@ -118,13 +147,14 @@ def _perplexity(study: Study, run: Optional[Run], flags: Flags) -> Tuple[List[st
 
 def _mcq(study: Study, run: Optional[Run], flags: Flags) -> Tuple[List[str], str]:
     out = study.path_in("eval", "mcq", f"{run.name}.json")
-    model = (
-        sft_dir(study, run)
-        if "finetune" in study.stages and _selected(study, "finetune", run)
-        else hf_dir(study, run)
-    )
+    tuned = "merge" in study.stages and _selected(study, "merge", run)
+    model = merged_dir(study, run) if tuned else hf_dir(study, run)
     flags = {"scoring": "loglik", "metadata": "with,without", **flags}
-    return ["evaluate", "mcq", "--model", model, *flag_args(flags), "--output", out], out
+    if flags.get("benchmark"):  # jobs may start elsewhere: name the file fully
+        flags["benchmark"] = os.path.abspath(str(flags["benchmark"]))
+    args = ["evaluate", "mcq", "--model", model, *flag_args(flags), "--label", run.name,
+            "--output", out]
+    return args, out
 
 
 def _report(study: Study, run: Optional[Run], flags: Flags) -> Tuple[List[str], str]:
@@ -171,12 +201,17 @@ class Kind:
 KINDS: Dict[str, Kind] = {
     "tokenizer": Kind("data", "python", (), _tokenizer),
     "preprocess": Kind("data", "python", ("tokenizer",), _preprocess),
+    "instructions": Kind("data", "python", (), _instructions),
     "train": Kind("run", "torchrun", ("preprocess",), _train, _train_done),
     "convert": Kind("run", "python", ("train",), _convert),
-    "finetune": Kind("run", "python", ("convert",), _finetune),
+    "finetune": Kind("run", "python", ("convert", "instructions"), _finetune),
+    "merge": Kind("run", "python", ("finetune",), _merge),
     "perplexity": Kind("run", "python", ("train",), _perplexity),
-    "mcq": Kind("run", "python", ("finetune", "convert"), _mcq),
-    "report": Kind("study", "python", ("train", "perplexity", "mcq"), _report, _report_done),
+    "counterfactual": Kind("run", "python", ("convert",), _counterfactual),
+    "mcq": Kind("run", "python", ("merge", "convert"), _mcq),
+    "report": Kind(
+        "study", "python", ("train", "perplexity", "counterfactual", "mcq"), _report, _report_done
+    ),
 }
 
 

@@ -90,11 +90,51 @@ def findings(study: Study, rows) -> List[str]:
                         table.get((ref.name, v, run.exclude)),
                     )
                 )
-    out.append(
-        "- own metadata vs another region's (counterfactual): needs the counterfactual "
-        "evaluation stage; not in this study"
-    )
     return out if len(out) > 4 else []
+
+
+def _interval_words(ratio, low, high) -> str:
+    if high < 1:
+        word = "yes"
+    elif low > 1:
+        word = "no, the wrong metadata is better"
+    else:
+        word = "no measurable effect: the interval includes 1 (no effect)"
+    return f"{word}; own / wrong {ratio:.3f} [95% {low:.3f}, {high:.3f}]"
+
+
+def counterfactual_section(study: Study) -> List[str]:
+    """Does a document's own metadata beat another region's? (``evaluate counterfactual``)."""
+    from megatron_meta.evaluation.counterfactual import CounterfactualResult, format_counterfactual
+
+    paths = sorted(glob.glob(study.path_in("eval", "counterfactual", "*.json")))
+    results = []
+    for path in paths:
+        with open(path, encoding="utf-8") as f:
+            results += [CounterfactualResult(**r) for r in json.load(f)["results"]]
+    if not results:
+        return ["", "- own metadata vs another region's: no counterfactual stage in this study"]
+    out = ["", "## Counterfactual metadata (own vs another region's vs none)", "",
+           format_counterfactual(results), "",
+           "## Findings: does a document's own metadata beat another region's?", ""]
+    for r in results:
+        out.append(f"- {r.model} on {r.region}: {_interval_words(*r.ratio_own_wrong)}")
+    return out
+
+
+def mcq_section(study: Study) -> List[str]:
+    """MCQ accuracy per model and setting, per continent (``evaluate mcq`` records)."""
+    from megatron_meta.evaluation.mcq import read_records
+    from megatron_meta.evaluation.mcq_report import write_mcq_report
+
+    records = [r for p in sorted(glob.glob(study.path_in("eval", "mcq", "*.json")))
+               for r in read_records(p)]
+    if not records:
+        return []
+    prefix = study.path_in("report", "mcq")
+    text = write_mcq_report(records, prefix, f"Study {study.name}: MCQ accuracy")
+    return ["", "## MCQ benchmark accuracy (%, 95% bootstrap intervals)", "", text, "",
+            f"Chart: {prefix}.png"]
 
 
 def study_report(study: Study) -> str:
@@ -135,15 +175,8 @@ def study_report(study: Study) -> str:
             f"Chart: {prefix}.png",
         ]
         lines += findings(study, rows)
-    mcq = sorted(glob.glob(study.path_in("eval", "mcq", "*.json")))
-    if mcq:
-        lines += ["", "## MCQ", ""]
-        for path in mcq:
-            with open(path, encoding="utf-8") as f:
-                data = json.load(f)
-            lines.append(
-                f"- {os.path.basename(path)[:-5]}: {json.dumps(data.get('summary', data))[:400]}"
-            )
+    lines += counterfactual_section(study)
+    lines += mcq_section(study)
     text = "\n".join(lines) + "\n"
     out = study.path_in("report", "study.md")
     os.makedirs(os.path.dirname(out), exist_ok=True)
