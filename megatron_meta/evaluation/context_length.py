@@ -10,11 +10,11 @@ where metadata helps most.
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Dict, List, Sequence
 
 import numpy as np
 
+from megatron_meta.evaluation.charts import save_png
 from megatron_meta.corpora.records import Document
 from megatron_meta.evaluation.perplexity import (
     Codec, ScoreFn, corpus_perplexity, encode_variants, paired_ratio_ci, sample_documents,
@@ -106,6 +106,4 @@ def plot_context_length(results: Sequence[ContextLengthResult], path: str, title
     ax.set_title(title or "Does metadata help short or long contexts?", fontsize="medium")
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path + ".tmp.png", format="png")
-    os.replace(path + ".tmp.png", path)
+    save_png(fig, path)

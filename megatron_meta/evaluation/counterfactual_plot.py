@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import os
 from typing import Sequence
 
+from megatron_meta.evaluation.charts import save_png
 from megatron_meta.evaluation.counterfactual import NONE, OWN, CounterfactualResult
 
 
@@ -31,6 +31,4 @@ def plot_counterfactual(results: Sequence[CounterfactualResult], path: str, titl
     ax.set_title(title or "Counterfactual metadata: own vs other regions' vs none", fontsize="medium")
     ax.legend(fontsize="small")
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path + ".tmp.png", format="png")
-    os.replace(path + ".tmp.png", path)
+    save_png(fig, path)

@@ -20,6 +20,7 @@ import os
 import re
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from megatron_meta.evaluation.charts import save_png
 from megatron_meta.evaluation.perplexity import RegionResult, paired_ratio_ci
 from megatron_meta.metadata.regions import slug
 
@@ -128,9 +129,7 @@ def plot_matrix(results: Sequence[RegionResult], path: str, title: str = "") -> 
     fig.suptitle(title or "Perplexity: models x test regions (darker: closer to the best)",
                  fontsize="medium")
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path + ".tmp.png", format="png")
-    os.replace(path + ".tmp.png", path)
+    save_png(fig, path)
 
 
 def write_matrix(results: Sequence[RegionResult], prefix: str, title: str = "") -> str:

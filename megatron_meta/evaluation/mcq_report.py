@@ -14,6 +14,8 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
+from megatron_meta.evaluation.charts import save_png
+
 Key = Tuple[str, str, str]  # (model, scoring, setting)
 
 
@@ -121,10 +123,7 @@ def plot_continents(records: Sequence[Dict], path: str, title: str = "") -> None
     ax.set_title(title or "Localized MCQ accuracy per continent", fontsize="medium")
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, format="png")
-    os.replace(tmp, path)
+    save_png(fig, path)
 
 
 def write_mcq_report(records: Sequence[Dict], prefix: str, title: str = "") -> str:

@@ -13,6 +13,7 @@ import os
 import textwrap
 from typing import Dict, List, Sequence, Tuple
 
+from megatron_meta.evaluation.charts import save_png
 from megatron_meta.errors import DataError
 from megatron_meta.evaluation.perplexity import RegionResult, paired_ratio_ci
 
@@ -176,10 +177,7 @@ def plot_chart(results: Sequence[RegionResult], path: str, title: str = "") -> N
     ax.set_axisbelow(True)
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, format="png")
-    os.replace(tmp, path)
+    save_png(fig, path)
 
 
 def write_report(results: Sequence[RegionResult], output_prefix: str, title: str = "") -> str:
