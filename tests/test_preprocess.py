@@ -377,3 +377,20 @@ def test_gpt_dataset_reads_a_shard(tmp_path, corpus, toks):
     sample = train[0]
     assert sample["tokens"].shape[0] == 32 and len(train) >= 20
     assert int(sample["tokens"].max()) < tok.vocab_size
+
+
+def test_workers_are_not_forked_from_a_multithreaded_process():
+    # A fork of a process with other threads can inherit a held lock and hang (seen in CI: a
+    # worker forked after Trainer/harness tests waited on a futex forever).
+    import threading
+
+    from megatron_meta.preprocess.workers import _thread_count, start_method
+
+    stop = threading.Event()
+    helper = threading.Thread(target=stop.wait)
+    helper.start()
+    try:
+        assert _thread_count() >= 2 and start_method() != "fork"
+    finally:
+        stop.set()
+        helper.join()

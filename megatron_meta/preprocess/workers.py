@@ -3,7 +3,8 @@
 The pool is forked at the very start of a run, before megatron-core (and torch) are imported by
 the tokenizer, so each worker is a small process that starts in milliseconds. Its configuration
 (the checked batch encoder, whether the body is shared) is only known after the start-up checks;
-workers wait for it on a queue. Where ``fork`` is unavailable, workers are spawned the same way.
+workers wait for it on a queue. Where forking is unsafe (the process already runs other threads,
+as inside a test session or a notebook) or unavailable, workers start from a fresh interpreter.
 
 At most ``2 x workers`` chunks are in flight (``Pool.imap`` would read the whole input ahead, the
 memory blow-up users of Megatron-LM's tool report) and results are taken in submission order, so
@@ -17,6 +18,7 @@ import dataclasses
 import multiprocessing
 import multiprocessing.pool
 import operator
+import os
 from typing import Callable, Deque, Iterable, Tuple
 
 from megatron_meta.corpora.records import Document
@@ -42,12 +44,30 @@ class _Pool(multiprocessing.pool.Pool):
         return [self._change_notifier._reader]
 
 
+def start_method() -> str:
+    """``fork`` while this process has one thread (the CLI at start-up: workers start in
+    milliseconds); ``forkserver`` (else ``spawn``) once it has more, because a child forked from a
+    multi-threaded process (torch's OpenMP pool, tokenizers' Rust pool, a library's helper
+    thread) can inherit a lock held by another thread and hang on it forever."""
+    methods = multiprocessing.get_all_start_methods()
+    if "fork" in methods and _thread_count() == 1:
+        return "fork"
+    return "forkserver" if "forkserver" in methods else "spawn"
+
+
+def _thread_count() -> int:
+    """OS threads of this process (native ones too, which ``threading`` does not see)."""
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:  # no procfs: assume threads, take the safe start method
+        return 2
+
+
 class WorkerPool:
     """``workers`` encoding processes; use as a context manager."""
 
     def __init__(self, workers: int) -> None:
-        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-        ctx = multiprocessing.get_context(method)
+        ctx = multiprocessing.get_context(start_method())
         self.workers = workers
         self._configs = ctx.SimpleQueue()
         self._pool = _Pool(
