@@ -8,11 +8,13 @@ as its body.
 
 from __future__ import annotations
 
-from typing import Dict, List, Tuple
+from typing import TYPE_CHECKING, Dict, List, Tuple
 from urllib.parse import urlsplit
 
-from megatron_meta.corpora.records import Document
 from megatron_meta.errors import ConfigError
+
+if TYPE_CHECKING:  # corpora builds on this stage; only the annotations name its record
+    from megatron_meta.corpora.records import Document
 
 # Variant name -> metadata fields, in the order they are written.
 VARIANTS: Dict[str, Tuple[str, ...]] = {
