@@ -170,7 +170,7 @@ def test_continued_pretraining_starts_from_the_converted_model(
     import torch.nn.functional as F
 
     from megatron_meta.cli import main as cli_main
-    from megatron_meta.preprocess.manifest import load_manifest
+    from megatron_meta.manifest import load_manifest
     from megatron_meta.training.config import parse_args
     from megatron_meta.training.data import TrainBatches, build_phases
     from training_support import losses_by_iteration, run_cli
@@ -225,7 +225,7 @@ def test_imported_tokenizer_preprocesses_and_the_manifest_records_its_special_to
     and the chat template, and the manifest says which ids the shards were written with."""
     from megatron.core.datasets.indexed_dataset import IndexedDataset
 
-    from megatron_meta.preprocess.manifest import load_manifest
+    from megatron_meta.manifest import load_manifest
 
     corpus = tmp_path / "news.jsonl"
     with open(corpus, "w", encoding="utf-8") as f:

@@ -8,7 +8,7 @@ import pytest
 from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
 
 from megatron_meta.errors import DataError
-from megatron_meta.preprocess.manifest import (
+from megatron_meta.manifest import (
     HoldoutEntry,
     Manifest,
     ShardEntry,

@@ -42,7 +42,7 @@ def hf(smollm2_hf):
 
 @pytest.fixture(scope="module")
 def manifest(tmp_path_factory):
-    from megatron_meta.preprocess.manifest import HoldoutEntry, Manifest, TokenizerInfo, write_manifest
+    from megatron_meta.manifest import HoldoutEntry, Manifest, TokenizerInfo, write_manifest
 
     folder = tmp_path_factory.mktemp("heldout")
     entries = []

@@ -13,7 +13,7 @@ from megatron_meta.corpora.records import Document
 from megatron_meta.corpora.registry import CorpusSpec, iter_documents
 from megatron_meta.metadata.formatting import VARIANTS, format_document, metadata_prefix
 from megatron_meta.preprocess.holdout import HoldoutConfig
-from megatron_meta.preprocess.manifest import load_manifest
+from megatron_meta.manifest import load_manifest
 from megatron_meta.preprocess.runner import PreprocessConfig, run_preprocess
 from megatron_meta.tokenizer import decode, load_tokenizer
 

@@ -10,7 +10,7 @@ from preprocess_fixtures import make_documents, write_jsonl
 
 from megatron_meta.cli import run_guarded
 from megatron_meta.preprocess.cli import main as preprocess_main
-from megatron_meta.preprocess.manifest import load_manifest
+from megatron_meta.manifest import load_manifest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

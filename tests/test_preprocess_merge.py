@@ -15,7 +15,7 @@ from megatron_meta.corpora.registry import CorpusSpec
 from megatron_meta.errors import ConfigError, DataError
 from megatron_meta.metadata.formatting import VARIANTS
 from megatron_meta.preprocess.holdout import HoldoutConfig
-from megatron_meta.preprocess.manifest import load_manifest
+from megatron_meta.manifest import load_manifest
 from megatron_meta.preprocess.merge import merge_parts
 from megatron_meta.preprocess.runner import PreprocessConfig, run_preprocess
 

@@ -12,7 +12,7 @@ import torch
 from training_support import REGIONS, is_metadata_token, region_of_token, write_corpus
 
 from megatron_meta.errors import ConfigError
-from megatron_meta.preprocess.manifest import load_manifest
+from megatron_meta.manifest import load_manifest
 from megatron_meta.training.config import RunConfig
 from megatron_meta.training.data import Phase, TrainBatches, build_phases
 from megatron_meta.training.shards import blend_weights, select_shards

@@ -11,7 +11,7 @@ import pytest
 from preprocess_fixtures import make_documents, training_texts, write_jsonl
 from training_support import read_metrics
 
-from megatron_meta.preprocess.manifest import load_manifest
+from megatron_meta.manifest import load_manifest
 from megatron_meta.training.config import parse_args
 
 

@@ -78,7 +78,7 @@ def write_corpus(
     seed: int = 0,
 ) -> str:
     """Shards per region and variant plus a manifest; returns the manifest path."""
-    from megatron_meta.preprocess.manifest import (
+    from megatron_meta.manifest import (
         Manifest,
         ShardEntry,
         TokenizerInfo,

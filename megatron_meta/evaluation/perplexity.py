@@ -293,7 +293,7 @@ def evaluate_checkpoint(config: PerplexityConfig) -> List[RegionResult]:
     """Load the checkpoint (TP=1, this process) and score the manifest's held-out test sets."""
     from megatron_meta.errors import CheckpointError
     from megatron_meta.models.scoring import make_score_fn
-    from megatron_meta.preprocess.manifest import load_manifest
+    from megatron_meta.manifest import load_manifest
     from megatron_meta.tokenizer.load import load_tokenizer
     from megatron_meta.checkpoints.load import load_model_for_eval
 

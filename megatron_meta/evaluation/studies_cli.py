@@ -54,7 +54,7 @@ def _load(args):
     from megatron_meta.evaluation.perplexity import held_out_test_sets
     from megatron_meta.finetune.hf_load import load_causal_lm
     from megatron_meta.metadata.formatting import VARIANTS
-    from megatron_meta.preprocess.manifest import load_manifest
+    from megatron_meta.manifest import load_manifest
 
     if args.variant not in VARIANTS or args.variant == "none":
         raise ConfigError(f"--variant {args.variant!r}: choose a metadata variant: "

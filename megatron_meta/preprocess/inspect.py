@@ -18,7 +18,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 
 from megatron_meta.errors import ConfigError, DataError
-from megatron_meta.preprocess.manifest import Manifest, load_manifest
+from megatron_meta.manifest import Manifest, load_manifest
 from megatron_meta.preprocess.writer import SIDECAR_SUFFIX
 
 

@@ -28,7 +28,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from megatron_meta.errors import ConfigError, DataError
-from megatron_meta.preprocess.manifest import (
+from megatron_meta.manifest import (
     HoldoutEntry,
     Manifest,
     ShardEntry,

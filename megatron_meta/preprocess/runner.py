@@ -23,7 +23,7 @@ from megatron_meta.corpora.registry import CorpusSpec, iter_documents
 from megatron_meta.errors import ConfigError
 from megatron_meta.metadata.regions import slug
 from megatron_meta.preprocess.holdout import HoldoutConfig, HoldoutSelector
-from megatron_meta.preprocess.manifest import (
+from megatron_meta.manifest import (
     HoldoutEntry,
     Manifest,
     ShardEntry,

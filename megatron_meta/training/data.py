@@ -28,7 +28,7 @@ from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 from megatron.core.datasets.utils import Split
 
 from megatron_meta.errors import ConfigError, DataError
-from megatron_meta.preprocess.manifest import Manifest, ShardEntry
+from megatron_meta.manifest import Manifest, ShardEntry
 from megatron_meta.training.config import RunConfig
 from megatron_meta.training.shards import blend_weights, region_name, select_shards
 

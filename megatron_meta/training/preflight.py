@@ -15,7 +15,7 @@ from megatron_meta.metadata.formatting import VARIANTS
 from megatron_meta.models.presets import get_preset
 from megatron_meta.parallel import validate_layout
 from megatron_meta.platform import cpu as platform
-from megatron_meta.preprocess.manifest import Manifest, load_manifest
+from megatron_meta.manifest import Manifest, load_manifest
 from megatron_meta.training import checkpoint as ckpt
 from megatron_meta.training.config import RunConfig
 from megatron_meta.training.shards import parse_region_weights, select_shards

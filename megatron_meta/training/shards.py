@@ -8,7 +8,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from megatron_meta.errors import ConfigError
-from megatron_meta.preprocess.manifest import Manifest, ShardEntry
+from megatron_meta.manifest import Manifest, ShardEntry
 
 ALL_REGIONS = "all"  # name of the single region of a manifest written with --split-by none
 

@@ -17,7 +17,7 @@ from typing import Optional
 from megatron_meta.checkpoints import CheckpointInfo, checkpoint_info, latest_checkpoint
 from megatron_meta.errors import CheckpointError, ConfigError
 from megatron_meta.models.presets import ModelPreset, get_preset
-from megatron_meta.preprocess.manifest import Manifest
+from megatron_meta.manifest import Manifest
 from megatron_meta.training.config import RunConfig
 
 DEFAULT_PRESET = "tiny"

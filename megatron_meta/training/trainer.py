@@ -29,7 +29,7 @@ from megatron_meta.models.build import pad_vocab_size
 from megatron_meta.models.flops import flops_per_iteration, peak_flops
 from megatron_meta.parallel import ParallelInfo, destroy_parallel, initialize_parallel
 from megatron_meta.platform import cpu as platform
-from megatron_meta.preprocess.manifest import Manifest
+from megatron_meta.manifest import Manifest
 from megatron_meta.training import checkpoint as ckpt
 from megatron_meta.training.config import RunConfig, TrainingConfig, dump_yaml
 from megatron_meta.training.data import TrainBatches, build_phases

@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 
 from megatron_meta.models.scoring import score_sequences
-from megatron_meta.preprocess.manifest import Manifest
+from megatron_meta.manifest import Manifest
 from megatron_meta.training.config import RunConfig
 from megatron_meta.training.data import build_split_validation, has_holdout_valid
 from megatron_meta.training.shards import region_name

@@ -1,5 +1,8 @@
 """``{output-prefix}.manifest.json``: what a preprocessing run wrote, for training and evaluation.
 
+A contract several stages read (preprocess and merge write it; training, conversion checks and
+evaluation read it), so it lives below all of them, beside ``errors``.
+
 Paths inside the manifest are relative to the manifest's folder so a data directory can be moved
 or copied to a cluster as a whole. :func:`load_manifest` resolves them to absolute paths.
 """
