@@ -32,10 +32,12 @@ logger = logging.getLogger(__name__)
 
 
 def _write_json(path: str, obj) -> None:
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
+    # A temporary name per process: under torchrun every rank may write the same file.
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
         json.dump(obj, f, indent=2)
         f.write("\n")
-    os.replace(path + ".tmp", path)
+    os.replace(tmp, path)
 
 
 def drop_gguf_quantizer(model) -> None:
@@ -152,7 +154,8 @@ def run_finetune(model_path: str, data: str, output: str, recipe: LoraRecipe,
     if resume:
         logger.info("resuming from %s", resume)
     trainer.train(resume_from_checkpoint=resume)
-    _write_json(os.path.join(output, "log_history.json"), trainer.state.log_history)
+    if trainer.is_world_process_zero():
+        _write_json(os.path.join(output, "log_history.json"), trainer.state.log_history)
     if trainer.state.global_step < trainer.state.max_steps:
         logger.warning("stopped at step %d of %d; checkpoint saved, run the same command to resume",
                        trainer.state.global_step, trainer.state.max_steps)
