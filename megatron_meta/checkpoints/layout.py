@@ -147,14 +147,25 @@ class CheckpointInfo:
     """The whole common state."""
 
 
-def checkpoint_info(checkpoint_dir: str) -> CheckpointInfo:
-    """Read a checkpoint's description without loading tensors (no process group needed)."""
-    path = latest_checkpoint(checkpoint_dir) if os.path.isdir(checkpoint_dir) else None
+def find_checkpoint(checkpoint_dir: Optional[str]) -> Optional[str]:
+    """The newest complete checkpoint of a --save folder (or the iter_* folder given), or None."""
+    return latest_checkpoint(checkpoint_dir) if checkpoint_dir and os.path.isdir(checkpoint_dir) else None
+
+
+def require_checkpoint(checkpoint_dir: str, where: str) -> str:
+    """:func:`find_checkpoint`, or an error naming ``where`` (the flag or path) and the fix."""
+    path = find_checkpoint(checkpoint_dir)
     if path is None:
         raise CheckpointError(
-            f"{checkpoint_dir}: no checkpoint there; give a --save folder of `megatron-meta train` "
-            "(or of `convert from-hf`) or one of its iter_* folders"
+            f"{where}: no checkpoint there; give a --save folder of `megatron-meta train` or "
+            "`megatron-meta convert from-hf`, or one of its iter_* folders"
         )
+    return path
+
+
+def checkpoint_info(checkpoint_dir: str) -> CheckpointInfo:
+    """Read a checkpoint's description without loading tensors (no process group needed)."""
+    path = require_checkpoint(checkpoint_dir, checkpoint_dir)
     common = read_common(path)
     identity = common["model_identity"]
     return CheckpointInfo(

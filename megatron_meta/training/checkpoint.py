@@ -24,10 +24,12 @@ from megatron_meta.checkpoints.layout import (  # noqa: F401  (re-used by the tr
     TRACKER,
     FORMAT_VERSION,
     check_identity,
+    find_checkpoint,
     iteration_dir,
     latest_checkpoint,
     model_identity,
     read_common,
+    require_checkpoint,
 )
 from megatron_meta.checkpoints.write import save_state
 from megatron_meta.errors import CheckpointError
@@ -117,7 +119,7 @@ def load_checkpoint(
     ``load_dir``; None if there is none and ``must_exist`` is False."""
     from megatron.core import dist_checkpointing
 
-    path = latest_checkpoint(load_dir) if os.path.isdir(load_dir) else None
+    path = find_checkpoint(load_dir)
     if path is None:
         if must_exist:
             raise CheckpointError(
@@ -166,12 +168,7 @@ def load_weights(
     Returns the checkpoint's common state."""
     from megatron.core import dist_checkpointing
 
-    path = latest_checkpoint(checkpoint_dir) if os.path.isdir(checkpoint_dir) else None
-    if path is None:
-        raise CheckpointError(
-            f"{where}: no checkpoint there; give a --save folder of `megatron-meta train` or "
-            "`megatron-meta convert from-hf`, or one of its iter_* folders"
-        )
+    path = require_checkpoint(checkpoint_dir, where)
     common = read_common(path)
     check_identity(common["model_identity"], identity, where)
     state = dist_checkpointing.load({"model": _unwrap(model).sharded_state_dict()}, path)

@@ -10,11 +10,15 @@ no checkpoint, so a requeued job with ``--save X --load X`` resumes its own prog
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Optional
 
-from megatron_meta.checkpoints import CheckpointInfo, checkpoint_info, latest_checkpoint
+from megatron_meta.checkpoints.layout import (
+    CheckpointInfo,
+    checkpoint_info,
+    find_checkpoint,
+    require_checkpoint,
+)
 from megatron_meta.errors import CheckpointError, ConfigError
 from megatron_meta.models.presets import ModelPreset, get_preset
 from megatron_meta.manifest import Manifest
@@ -37,10 +41,6 @@ class StartingPoint:
     """The flag that named ``path``, for messages."""
 
 
-def _existing(path: Optional[str]) -> Optional[str]:
-    return latest_checkpoint(path) if path and os.path.isdir(path) else None
-
-
 def starting_point(config: RunConfig) -> StartingPoint:
     """Decide, from the flags and what exists on disk, how the run starts (no tensors read)."""
     c = config.checkpoint
@@ -53,17 +53,13 @@ def starting_point(config: RunConfig) -> StartingPoint:
         )
     if c.finetune:
         mode, path, flag = "weights", c.load, f"--load {c.load} --finetune"
-        if _existing(c.load) is None:
-            raise CheckpointError(f"{flag}: no checkpoint there; give a --save folder of "
-                                  "`megatron-meta train` or `megatron-meta convert from-hf`")
-    elif _existing(c.load) is not None:
+        require_checkpoint(c.load, flag)
+    elif find_checkpoint(c.load) is not None:
         mode, path, flag = "resume", c.load, f"--load {c.load}"
     elif c.pretrained_checkpoint:
         mode, path = "weights", c.pretrained_checkpoint
         flag = f"--pretrained-checkpoint {path}"
-        if _existing(path) is None:
-            raise CheckpointError(f"{flag}: no checkpoint there; give a --save folder of "
-                                  "`megatron-meta train` or `megatron-meta convert from-hf`")
+        require_checkpoint(path, flag)
     else:
         name = config.model.preset or DEFAULT_PRESET
         return StartingPoint(get_preset(name), "fresh")
