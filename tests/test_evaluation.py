@@ -12,11 +12,11 @@ import pytest
 
 from megatron_meta.errors import DataError
 from megatron_meta.evaluation import cli as eval_cli
-from megatron_meta.evaluation.perplexity import (
+from megatron_meta.evaluation.perplexity.evaluate import (
     Codec, PerplexityConfig, RegionResult, bootstrap_ci, corpus_perplexity, encode_variants,
     evaluate_documents, loss_start, paired_ratio_ci, read_results, sample_documents, write_results,
 )
-from megatron_meta.evaluation.report import format_table
+from megatron_meta.evaluation.perplexity.report import format_table
 from megatron_meta.metadata.formatting import VARIANTS, format_document, metadata_prefix
 
 from preprocess_fixtures import TOKENIZER_TYPES

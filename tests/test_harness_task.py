@@ -28,10 +28,10 @@ def test_task_files_use_absolute_paths(tmp_path):
 def test_harness_choices_equal_ours(tmp_path, smollm2_hf, monkeypatch):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from megatron_meta.evaluation.harness_run import run_harness
-    from megatron_meta.evaluation.harness_task import write_harness_tasks
-    from megatron_meta.evaluation.loglik import choose, score_options
-    from megatron_meta.evaluation.mcq_data import loglik_context, read_benchmark
+    from megatron_meta.evaluation.harness.run import run_harness
+    from megatron_meta.evaluation.harness.task import write_harness_tasks
+    from megatron_meta.evaluation.mcq.loglik import choose, score_options
+    from megatron_meta.evaluation.mcq.data import loglik_context, read_benchmark
     from megatron_meta.metadata.synthetic import MADE_UP_BASE_URLS
 
     bench = write_jsonl(tmp_path / "b.jsonl", QUESTIONS)

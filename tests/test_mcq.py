@@ -10,8 +10,8 @@ import torch
 
 from hf_fixtures import make_tiny_llama, make_unigram_llama
 from megatron_meta.errors import DataError
-from megatron_meta.evaluation.answer_parser import parse_answer
-from megatron_meta.evaluation.mcq_data import (
+from megatron_meta.evaluation.mcq.answer_parser import parse_answer
+from megatron_meta.evaluation.mcq.data import (
     generation_prompt, loglik_context, read_benchmark,
 )
 
@@ -100,7 +100,7 @@ def unigram(tmp_path_factory, smollm2_hf):
 def test_loglik_scores_are_the_known_values_and_pick_the_answer(unigram, bench):
     from transformers import AutoModelForCausalLM
 
-    from megatron_meta.evaluation.loglik import choose, score_options, score_options_full
+    from megatron_meta.evaluation.mcq.loglik import choose, score_options, score_options_full
 
     folder, tok, logp = unigram
     model = AutoModelForCausalLM.from_pretrained(folder).eval()
@@ -119,7 +119,7 @@ def test_loglik_scores_are_the_known_values_and_pick_the_answer(unigram, bench):
 def test_shared_context_cache_equals_full_sequences_on_the_real_model(smollm2_hf, bench):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from megatron_meta.evaluation.loglik import score_options, score_options_full
+    from megatron_meta.evaluation.mcq.loglik import score_options, score_options_full
 
     model = AutoModelForCausalLM.from_pretrained(smollm2_hf).eval()
     tok = AutoTokenizer.from_pretrained(smollm2_hf)
@@ -149,8 +149,8 @@ def test_evaluate_mcq_cli_loglik_records_and_report(unigram, bench, tmp_path):
 
 
 def test_evaluate_mcq_generation_protocol_records(tmp_path, smollm2_hf, bench):
-    from megatron_meta.evaluation.mcq import McqConfig, score_model
-    from megatron_meta.evaluation.mcq_report import summarize
+    from megatron_meta.evaluation.mcq.score import McqConfig, score_model
+    from megatron_meta.evaluation.mcq.report import summarize
 
     tiny = make_tiny_llama(tmp_path / "tiny", smollm2_hf)
     config = McqConfig(models=[tiny], benchmark=bench, scoring="generate", repeats=2,
@@ -233,7 +233,7 @@ def test_generate_cli_samples_from_the_model(tmp_path, smollm2_hf, capsys):
 
 
 def test_question_sample_is_seeded_and_in_file_order(bench):
-    from megatron_meta.evaluation.mcq_cli import select_questions
+    from megatron_meta.evaluation.mcq.cli import select_questions
 
     qs = read_benchmark(bench)
     picked = select_questions(qs, sample=2, seed=3)
@@ -245,7 +245,7 @@ def test_question_sample_is_seeded_and_in_file_order(bench):
 def test_shuffled_options_keep_the_answer_and_the_scorer_follows_it(unigram, bench):
     import random
 
-    from megatron_meta.evaluation.mcq import McqConfig, score_model
+    from megatron_meta.evaluation.mcq.score import McqConfig, score_model
 
     qs = read_benchmark(bench)
     for q in qs:

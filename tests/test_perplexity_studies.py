@@ -33,7 +33,7 @@ def crafted_sets():
 def hf(smollm2_hf):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from megatron_meta.evaluation.hf_scoring import hf_codec, hf_score_fn
+    from megatron_meta.evaluation.perplexity.hf_scoring import hf_codec, hf_score_fn
 
     model = AutoModelForCausalLM.from_pretrained(smollm2_hf).eval()
     tok = AutoTokenizer.from_pretrained(smollm2_hf)
@@ -58,7 +58,7 @@ def manifest(tmp_path_factory):
 
 
 def test_conditions_score_the_same_body_with_the_right_metadata(hf):
-    from megatron_meta.evaluation.counterfactual import encode_conditions
+    from megatron_meta.evaluation.perplexity.counterfactual import encode_conditions
 
     _, codec, tok = hf
     sets = crafted_sets()
@@ -76,8 +76,8 @@ def test_conditions_score_the_same_body_with_the_right_metadata(hf):
 
 
 def test_right_metadata_beats_the_wrong_one(hf):
-    from megatron_meta.evaluation.counterfactual import counterfactual, format_counterfactual
-    from megatron_meta.evaluation.perplexity import PerplexityConfig, evaluate_documents
+    from megatron_meta.evaluation.perplexity.counterfactual import counterfactual, format_counterfactual
+    from megatron_meta.evaluation.perplexity.evaluate import PerplexityConfig, evaluate_documents
 
     score, codec, _ = hf
     sets = crafted_sets()
@@ -101,8 +101,8 @@ def test_right_metadata_beats_the_wrong_one(hf):
 
 
 def test_context_length_scores_the_first_n_tokens(hf):
-    from megatron_meta.evaluation.context_length import context_length_study
-    from megatron_meta.evaluation.perplexity import encode_variants
+    from megatron_meta.evaluation.perplexity.context_length import context_length_study
+    from megatron_meta.evaluation.perplexity.evaluate import encode_variants
 
     score, codec, _ = hf
     sets = crafted_sets()
@@ -138,7 +138,7 @@ def test_study_commands_write_results(tmp_path, smollm2_hf, manifest):
 
 
 def _result(model, variant, region, nll, tokens, train="full"):
-    from megatron_meta.evaluation.perplexity import RegionResult, corpus_perplexity
+    from megatron_meta.evaluation.perplexity.evaluate import RegionResult, corpus_perplexity
 
     return RegionResult(model=model, variant=variant, region=region, documents=len(nll),
                         tokens=sum(tokens), nll=sum(nll), ppl=corpus_perplexity(nll, tokens),
@@ -148,8 +148,8 @@ def _result(model, variant, region, nll, tokens, train="full"):
 
 def test_region_matrix_and_the_papers_comparisons(tmp_path):
     from megatron_meta.cli import main
-    from megatron_meta.evaluation.matrix import format_matrix, model_role
-    from megatron_meta.evaluation.perplexity import PerplexityConfig, write_results
+    from megatron_meta.evaluation.perplexity.matrix import format_matrix, model_role
+    from megatron_meta.evaluation.perplexity.evaluate import PerplexityConfig, write_results
 
     assert model_role("local-africa-none") == ("local", "africa")
     assert model_role("Global") == ("global", None) and model_role("loo_asia") == ("loo", "asia")
@@ -162,7 +162,7 @@ def test_region_matrix_and_the_papers_comparisons(tmp_path):
         path = tmp_path / f"{model}.json"
         write_results(str(path), results, PerplexityConfig("-", "-", ["full", "none"]))
         paths.append(str(path))
-    from megatron_meta.evaluation.perplexity import read_results
+    from megatron_meta.evaluation.perplexity.evaluate import read_results
 
     text = format_matrix([r for p in paths for r in read_results(p)])
     cells = [[c.strip() for c in line.strip("|").split("|")] for line in text.splitlines()

@@ -1,8 +1,11 @@
-"""Evaluation: the scoring core (:mod:`.scoring`, shared with training validation), per-region
-perplexity (:mod:`.perplexity`) and its report (:mod:`.report`, :mod:`.matrix`), the perplexity
-studies (:mod:`.counterfactual`, :mod:`.context_length`), the localized MCQ benchmark
-(:mod:`.mcq`, :mod:`.loglik`, :mod:`.answer_parser`, :mod:`.mcq_report`), the
-lm-evaluation-harness task (:mod:`.harness_task`) and ``megatron-meta generate`` (:mod:`.generate`).
+"""Evaluation, one subpackage per kind, each with its CLI:
+
+* :mod:`.perplexity`: per-region perplexity of a checkpoint (:mod:`.perplexity.evaluate`), its
+  report and region matrix, the perplexity studies (counterfactual metadata, context length);
+* :mod:`.mcq`: the localized MCQ benchmark (data and prompts, log-likelihood and generation
+  scoring, the answer parser, the report);
+* :mod:`.harness`: the benchmark as an lm-evaluation-harness task, run and compared with ours;
+* :mod:`.generate`: ``megatron-meta generate``; :mod:`.cli`: ``megatron-meta evaluate``.
 
 Nothing is imported here so that ``megatron-meta evaluate --help`` does not load torch.
 """

@@ -25,8 +25,8 @@ import logging
 from typing import List
 
 from megatron_meta.errors import ConfigError
-from megatron_meta.evaluation.mcq_cli import MCQ_COMMANDS, add_mcq_parsers
-from megatron_meta.evaluation.studies_cli import STUDY_COMMANDS, add_study_parsers
+from megatron_meta.evaluation.mcq.cli import MCQ_COMMANDS, add_mcq_parsers
+from megatron_meta.evaluation.perplexity.studies_cli import STUDY_COMMANDS, add_study_parsers
 from megatron_meta.metadata.formatting import parse_variants
 
 logger = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _perplexity(args: argparse.Namespace) -> int:
-    from megatron_meta.evaluation.perplexity import (
+    from megatron_meta.evaluation.perplexity.evaluate import (
         PerplexityConfig, evaluate_checkpoint, write_results,
     )
 
@@ -96,8 +96,8 @@ def _perplexity(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from megatron_meta.evaluation.perplexity import read_results
-    from megatron_meta.evaluation.report import write_report
+    from megatron_meta.evaluation.perplexity.evaluate import read_results
+    from megatron_meta.evaluation.perplexity.report import write_report
 
     results = []
     for path in args.results:
@@ -107,7 +107,7 @@ def _report(args: argparse.Namespace) -> int:
     print(write_report(results, args.output_prefix, args.title))
     print(f"\nwrote {args.output_prefix}.md and {args.output_prefix}.png")
     if len({r.model for r in results}) > 1:
-        from megatron_meta.evaluation.matrix import write_matrix
+        from megatron_meta.evaluation.perplexity.matrix import write_matrix
 
         print("\n" + write_matrix(results, args.output_prefix, args.title))
         print(f"\nwrote {args.output_prefix}.matrix.md and {args.output_prefix}.matrix.png")

@@ -28,7 +28,7 @@ def _final_loss(save: str):
 
 def _verdict(label: str, a, b) -> str:
     """One sentence: a's perplexity over b's on the same documents, and whether it is an effect."""
-    from megatron_meta.evaluation.perplexity import paired_ratio_ci
+    from megatron_meta.evaluation.perplexity.evaluate import paired_ratio_ci
 
     if (
         a is None
@@ -105,7 +105,7 @@ def _interval_words(ratio, low, high) -> str:
 
 def counterfactual_section(study: Study) -> List[str]:
     """Does a document's own metadata beat another region's? (``evaluate counterfactual``)."""
-    from megatron_meta.evaluation.counterfactual import CounterfactualResult, format_counterfactual
+    from megatron_meta.evaluation.perplexity.counterfactual import CounterfactualResult, format_counterfactual
 
     paths = sorted(glob.glob(study.path_in("eval", "counterfactual", "*.json")))
     results = []
@@ -124,8 +124,8 @@ def counterfactual_section(study: Study) -> List[str]:
 
 def mcq_section(study: Study) -> List[str]:
     """MCQ accuracy per model and setting, per continent (``evaluate mcq`` records)."""
-    from megatron_meta.evaluation.mcq import read_records
-    from megatron_meta.evaluation.mcq_report import write_mcq_report
+    from megatron_meta.evaluation.mcq.score import read_records
+    from megatron_meta.evaluation.mcq.report import write_mcq_report
 
     records = [r for p in sorted(glob.glob(study.path_in("eval", "mcq", "*.json")))
                for r in read_records(p)]
@@ -138,8 +138,8 @@ def mcq_section(study: Study) -> List[str]:
 
 
 def study_report(study: Study) -> str:
-    from megatron_meta.evaluation.perplexity import read_results
-    from megatron_meta.evaluation.report import format_table, write_report
+    from megatron_meta.evaluation.perplexity.evaluate import read_results
+    from megatron_meta.evaluation.perplexity.report import format_table, write_report
 
     lines: List[str] = [
         f"# Study {study.name}",

@@ -56,9 +56,9 @@ def add_mcq_parsers(sub) -> None:
 
 
 def _mcq(args: argparse.Namespace) -> int:
-    from megatron_meta.evaluation.mcq import McqConfig, score_model, write_records
-    from megatron_meta.evaluation.mcq_data import read_benchmark
-    from megatron_meta.evaluation.mcq_report import write_mcq_report
+    from megatron_meta.evaluation.mcq.score import McqConfig, score_model, write_records
+    from megatron_meta.evaluation.mcq.data import read_benchmark
+    from megatron_meta.evaluation.mcq.report import write_mcq_report
 
     if args.label and len(args.label) != len(args.model):
         raise ConfigError(f"--label: {len(args.label)} names for {len(args.model)} --model paths")
@@ -100,7 +100,7 @@ def select_questions(questions, limit=None, sample=None, seed=42):
 
 
 def _lm_eval_task(args: argparse.Namespace) -> int:
-    from megatron_meta.evaluation.harness_task import write_harness_tasks
+    from megatron_meta.evaluation.harness.task import write_harness_tasks
 
     names = write_harness_tasks(args.benchmark, args.output, args.name, args.base_url)
     print(f"wrote tasks {', '.join(names)} in {args.output}; run e.g.\n"

@@ -1,4 +1,4 @@
-"""Run a task written by :mod:`harness_task` through lm-evaluation-harness in this process, and
+"""Run a task written by :mod:`.task` through lm-evaluation-harness in this process, and
 read back its per-question choices (for the agreement test and the speed benchmark)."""
 
 from __future__ import annotations

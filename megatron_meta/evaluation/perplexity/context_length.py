@@ -16,7 +16,7 @@ import numpy as np
 
 from megatron_meta.evaluation.charts import save_png
 from megatron_meta.corpora.records import Document
-from megatron_meta.evaluation.perplexity import (
+from megatron_meta.evaluation.perplexity.evaluate import (
     Codec, ScoreFn, corpus_perplexity, encode_variants, paired_ratio_ci, sample_documents,
 )
 

@@ -17,7 +17,7 @@ import os
 from typing import List, Optional
 
 from megatron_meta.errors import ConfigError
-from megatron_meta.evaluation.mcq_data import loglik_context, read_benchmark
+from megatron_meta.evaluation.mcq.data import loglik_context, read_benchmark
 from megatron_meta.metadata.synthetic import MADE_UP_BASE_URLS
 
 _YAML = """\

@@ -25,9 +25,9 @@ from typing import Dict, Iterator, List, Optional, Sequence
 
 import torch
 
-from megatron_meta.evaluation.answer_parser import parse_answer
-from megatron_meta.evaluation.loglik import choose, score_options
-from megatron_meta.evaluation.mcq_data import Question, generation_prompt, loglik_context
+from megatron_meta.evaluation.mcq.answer_parser import parse_answer
+from megatron_meta.evaluation.mcq.loglik import choose, score_options
+from megatron_meta.evaluation.mcq.data import Question, generation_prompt, loglik_context
 from megatron_meta.metadata.synthetic import MADE_UP_BASE_URLS
 
 logger = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ import re
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from megatron_meta.evaluation.charts import save_png
-from megatron_meta.evaluation.perplexity import RegionResult, paired_ratio_ci
+from megatron_meta.evaluation.perplexity.evaluate import RegionResult, paired_ratio_ci
 from megatron_meta.metadata.regions import slug
 
 _ROLE = re.compile(r"^(local|loo)[-_:]([a-z0-9]+)")

@@ -17,7 +17,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from megatron_meta.corpora.records import Document
-from megatron_meta.evaluation.perplexity import (
+from megatron_meta.evaluation.perplexity.evaluate import (
     Codec, Encoded, ScoreFn, corpus_perplexity, loss_start, paired_ratio_ci, sample_documents,
 )
 from megatron_meta.metadata.formatting import format_document, metadata_prefix

@@ -8,7 +8,7 @@ from typing import List, Tuple
 import numpy as np
 import torch
 
-from megatron_meta.evaluation.perplexity import Codec, ScoreFn
+from megatron_meta.evaluation.perplexity.evaluate import Codec, ScoreFn
 
 
 def hf_codec(tokenizer) -> Codec:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from megatron_meta.evaluation.charts import save_png
-from megatron_meta.evaluation.counterfactual import NONE, OWN, CounterfactualResult
+from megatron_meta.evaluation.perplexity.counterfactual import NONE, OWN, CounterfactualResult
 
 
 def plot_counterfactual(results: Sequence[CounterfactualResult], path: str, title: str = "") -> None:

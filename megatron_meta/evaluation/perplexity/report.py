@@ -1,6 +1,6 @@
 """Perplexity tables and charts: regions x (model, test variant).
 
-Input is the result records of :mod:`megatron_meta.evaluation.perplexity` (one or several
+Input is the result records of :mod:`megatron_meta.evaluation.perplexity.evaluate` (one or several
 models). The table is markdown, readable as plain text in a terminal; the chart is a PNG of
 grouped bars (one group per region, one bar per model and test variant) with the bootstrap
 interval as error bars.
@@ -15,7 +15,7 @@ from typing import Dict, List, Sequence, Tuple
 
 from megatron_meta.evaluation.charts import save_png
 from megatron_meta.errors import DataError
-from megatron_meta.evaluation.perplexity import RegionResult, paired_ratio_ci
+from megatron_meta.evaluation.perplexity.evaluate import RegionResult, paired_ratio_ci
 
 Series = Tuple[str, str]  # (model, test variant)
 

@@ -1,6 +1,6 @@
 """Our log-likelihood MCQ scoring against lm-evaluation-harness, in one process, on one model.
 
-Both arms score the same questions with the same contexts (the task of :mod:`harness_task`), with
+Both arms score the same questions with the same contexts (the task of :mod:`.task`), with
 and without metadata; the report gives each arm's accuracy, how many per-question choices agree,
 and the wall time of each arm (model loading included in both) with their ratio.
 """
@@ -27,10 +27,10 @@ def main(argv: List[str]) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    from megatron_meta.evaluation.harness_run import run_harness
-    from megatron_meta.evaluation.harness_task import write_harness_tasks
-    from megatron_meta.evaluation.mcq import McqConfig, score_model
-    from megatron_meta.evaluation.mcq_data import read_benchmark
+    from megatron_meta.evaluation.harness.run import run_harness
+    from megatron_meta.evaluation.harness.task import write_harness_tasks
+    from megatron_meta.evaluation.mcq.score import McqConfig, score_model
+    from megatron_meta.evaluation.mcq.data import read_benchmark
 
     questions = read_benchmark(args.benchmark)[: args.limit]
     n = len(questions)

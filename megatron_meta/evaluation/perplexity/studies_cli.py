@@ -50,8 +50,8 @@ def add_study_parsers(sub) -> None:
 
 
 def _load(args):
-    from megatron_meta.evaluation.hf_scoring import hf_codec, hf_score_fn
-    from megatron_meta.evaluation.perplexity import held_out_test_sets
+    from megatron_meta.evaluation.perplexity.hf_scoring import hf_codec, hf_score_fn
+    from megatron_meta.evaluation.perplexity.evaluate import held_out_test_sets
     from megatron_meta.finetune.hf_load import load_causal_lm
     from megatron_meta.metadata.formatting import VARIANTS
     from megatron_meta.manifest import load_manifest
@@ -87,8 +87,8 @@ def _write(path: str, kind: str, args, results, text: str, plot) -> None:
 
 
 def _counterfactual(args) -> int:
-    from megatron_meta.evaluation.counterfactual import counterfactual, format_counterfactual
-    from megatron_meta.evaluation.counterfactual_plot import plot_counterfactual
+    from megatron_meta.evaluation.perplexity.counterfactual import counterfactual, format_counterfactual
+    from megatron_meta.evaluation.perplexity.counterfactual_plot import plot_counterfactual
 
     score, codec, sets, label, url_form = _load(args)
     results = counterfactual(score, codec, sets, label, args.max_documents, args.seq_length,
@@ -99,7 +99,7 @@ def _counterfactual(args) -> int:
 
 
 def _context_length(args) -> int:
-    from megatron_meta.evaluation.context_length import (
+    from megatron_meta.evaluation.perplexity.context_length import (
         context_length_study, format_context_length, plot_context_length,
     )
 
