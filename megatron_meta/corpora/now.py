@@ -2,8 +2,11 @@
 
 On disk (FACTS section 1):
 
-- sources files ``now-sources-{year}.txt`` / ``sources-YY-MM.txt``: tab-separated
-  ``textID, #words, date, country, website, url, title``, ISO-8859-1, possibly with header lines;
+- sources files ``now-sources-{year}.txt`` / ``sources-YY-MM.txt`` / ``{year}-sources.txt``,
+  ISO-8859-1, possibly with header lines (``Source Line ...``), in one of two layouts, detected
+  per file from its first data row: the distributor's 7 tab-separated fields ``textID, #words,
+  date, country, website, url, title``, or the 5 whitespace-separated fields the authors read
+  (``textID date country url title``, split at most 4 times so the title keeps its spaces);
 - text files ``YY-MM-cc.txt`` (the US split into ``us1``..``us5``), usually inside
   ``*-text.zip``: one entry per article, ``@@<textID> <text>``, with the copyright masking
   ``@ @ @ ...`` left exactly as it is.
@@ -11,6 +14,10 @@ On disk (FACTS section 1):
 Inputs may be folders (searched recursively), zips or single files, in any mix. All sources rows are
 loaded first (metadata only: textID -> country, url, title, date); the text then streams one entry
 at a time. Text files are decoded as UTF-8 where they are, else ISO-8859-1, line by line.
+
+Options (:class:`NowOptions`; the paper protocol sets both): the country taken from the text
+file's name (``24-01-us3.txt`` -> ``us``) instead of the sources row, and rows without a title
+dropped (counted as ``untitled``).
 
 Countries: by default the paper's 18 (``NOW_CONTINENTS``, so ``au``/``nz`` are dropped) plus any a
 ``--continent-map`` file names; ``countries`` overrides. Dropped documents are counted as
@@ -38,6 +45,19 @@ logger = logging.getLogger(__name__)
 # 24-01-us1.txt -> country "us"; older names such as 10-01-gb.txt too.
 _TEXT_NAME = re.compile(r"^\d{2}-\d{2}-([a-z]{2})\d*\.txt$", re.IGNORECASE)
 _ENTRY = re.compile(r"^@@(\d+)(?:\s|$)")
+
+COUNTRY_FROM = ("sources", "file")
+
+
+@dataclasses.dataclass(frozen=True)
+class NowOptions:
+    """Choices where the authors' reading of NOW differs from ours (FACTS 1a)."""
+
+    country_from: str = "sources"
+    """``sources``: the sources row's country (the text file's name when the row has none);
+    ``file``: the text file's name, as the authors did (``--now-country``)."""
+    require_title: bool = False
+    """Drop rows without a title, counted as ``untitled`` (the authors' reader needs 5 fields)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,33 +160,54 @@ def _collect(paths: Sequence[str]) -> Tuple[List[_Member], List[_Member]]:
     return sources, texts
 
 
+def _layout(line: str) -> str:
+    """``tab7`` (the distributor's layout) or ``space5`` (the authors' ``{year}-sources.txt``)."""
+    return "tab7" if len(line.split("\t")) >= 6 else "space5"
+
+
+def _split_row(line: str, layout: str) -> Optional[Tuple[str, str, str, str, str]]:
+    """(textID, date, country, url, title) of a row, None when it has too few fields."""
+    if layout == "tab7":
+        fields = line.split("\t")
+        if len(fields) < 6:
+            return None
+        title = fields[6] if len(fields) > 6 else ""
+        return fields[0], fields[2], fields[3], fields[5], title
+    fields = line.strip().split(maxsplit=4)
+    if len(fields) < 4:
+        return None
+    return fields[0], fields[1], fields[2], fields[3], fields[4] if len(fields) > 4 else ""
+
+
 def _load_sources(
     member: _Member, rows: Dict[str, _SourceRow], bad: BadRecords, excluded: Callable[[str], bool]
 ) -> None:
+    layout: Optional[str] = None
     with member.open() as f:
         for lineno, raw in enumerate(f, 1):
             line = _decode(raw).rstrip("\r\n")
-            if not line.strip():
-                continue
-            fields = line.split("\t")
-            if not fields[0].strip().isdigit():
-                continue  # header or separator lines
-            if len(fields) < 6:
+            first = line.split(None, 1)[0] if line.strip() else ""
+            if not first.isdigit():
+                continue  # blank, header ("Source Line ...", "textID ...") or separator lines
+            if layout is None:
+                layout = _layout(line)
+                logger.info("%s: %s sources layout", member.display,
+                            "7 tab-separated fields" if layout == "tab7" else "5 whitespace fields")
+            fields = _split_row(line, layout)
+            if fields is None:
                 bad.report(
                     "malformed_sources_row",
                     f"{member.display}:{lineno}",
-                    f"expected 7 tab-separated fields (textID, #words, date, country, website, url, "
-                    f"title), got {len(fields)}",
+                    "expected 7 tab-separated fields (textID, #words, date, country, website, url, "
+                    "title) or 5 whitespace-separated ones (textID, date, country, url, title), got "
+                    f"{len(line.split(chr(9))) if layout == 'tab7' else len(line.split())}",
                 )
                 continue
-            country = fields[3].strip()
+            text_id, date, country, url, title = (x.strip() for x in fields)
             if excluded(country):
-                rows[fields[0].strip()] = _EXCLUDED
+                rows[text_id] = _EXCLUDED
                 continue
-            title = fields[6].strip() if len(fields) > 6 else ""
-            rows[fields[0].strip()] = _SourceRow(
-                country=country, url=fields[5].strip(), title=title, date=fields[2].strip()
-            )
+            rows[text_id] = _SourceRow(country=country, url=url, title=title, date=date)
 
 
 def _entries(member: _Member) -> Iterator[Tuple[str, str]]:
@@ -203,6 +244,7 @@ def read_now(
     regions: RegionTable,
     bad: BadRecords,
     countries: Optional[Set[str]] = None,
+    options: NowOptions = NowOptions(),
 ) -> Iterator[Document]:
     """Stream NOW documents from folders, zips or files (see the module docstring)."""
     keep = set(countries) if countries is not None else set(NOW_CONTINENTS) | set(regions.explicit)
@@ -214,11 +256,13 @@ def read_now(
         code = regions.normalize_country(raw) if raw else None
         return code is not None and code not in keep
 
+    # With the country from the file name, a row's own country decides nothing.
+    drop_row = excluded_country if options.country_from == "sources" else (lambda raw: False)
     for member in sources:
         logger.info("loading sources %s", member.display)
-        _load_sources(member, rows, bad, excluded_country)
+        _load_sources(member, rows, bad, drop_row)
     logger.info("%d sources rows; %d text files", len(rows), len(texts))
-    excluded = 0
+    excluded = untitled = 0
     try:
         for member in texts:
             file_country = _file_country(member, regions)
@@ -243,7 +287,10 @@ def read_now(
                 if not text:
                     bad.report("missing_text", where, "empty text")
                     continue
-                raw_country = row.country or (file_country or "")
+                if options.country_from == "file":
+                    raw_country = file_country or row.country
+                else:
+                    raw_country = row.country or (file_country or "")
                 country = regions.normalize_country(raw_country) if raw_country else None
                 if country is None:
                     reason = "unknown_country" if raw_country else "missing_country"
@@ -255,6 +302,9 @@ def read_now(
                     continue
                 if not row.url:
                     bad.report("missing_url", where, "the sources row has no URL")
+                    continue
+                if options.require_title and not row.title:
+                    untitled += 1
                     continue
                 yield Document(
                     id=text_id,
@@ -271,3 +321,6 @@ def read_now(
         if excluded:
             logger.info("left out %d documents of countries not kept (%s)", excluded, ",".join(sorted(keep)))
             bad.merge({"excluded_country": excluded})
+        if untitled:
+            logger.info("left out %d documents without a title (the paper protocol)", untitled)
+            bad.merge({"untitled": untitled})

@@ -17,10 +17,13 @@ import os
 from typing import Iterator, List, Optional, Set
 
 from megatron_meta.corpora.bad_records import BadRecords
+from megatron_meta.corpora.cleaning import MODES as CLEAN_MODES
+from megatron_meta.corpora.cleaning import Cleaning, clean_documents
 from megatron_meta.corpora.jsonl import JsonKeys, read_jsonl
 from megatron_meta.corpora.records import Document
 from megatron_meta.errors import ConfigError
 from megatron_meta.metadata.regions import RegionTable
+from megatron_meta.protocol import OURS, PAPER, PROTOCOLS
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +47,10 @@ class CorpusSpec:
     """``--continent-map FILE`` overriding the default country -> continent table."""
     countries: Optional[Set[str]] = None
     """Keep only these country codes (``--countries``); None keeps the reader's default."""
+    cleaning: Cleaning = dataclasses.field(default_factory=Cleaning)
+    """Text cleaning after reading (``--clean-text``); duplicate ids are always dropped."""
+    now_country: str = "sources"
+    """NOW: the country from the sources row or from the text file's name (``--now-country``)."""
 
     def regions(self) -> RegionTable:
         """The region table this spec asks for."""
@@ -78,17 +85,23 @@ def detect_format(inputs: List[str]) -> str:
 
 
 def iter_documents(spec: CorpusSpec, bad: BadRecords) -> Iterator[Document]:
-    """Stream the corpus's documents, applying ``spec.countries``; bad records go to ``bad``."""
+    """Stream the corpus's documents, cleaned (``spec.cleaning``), each id once, only
+    ``spec.countries``; bad and dropped records are counted in ``bad``."""
+    return clean_documents(_read(spec, bad), spec.cleaning, bad)
+
+
+def _read(spec: CorpusSpec, bad: BadRecords) -> Iterator[Document]:
     fmt = spec.format if spec.format != "auto" else detect_format(spec.inputs)
     if fmt not in FORMATS:
         raise ConfigError(f"--input-format: {fmt!r} is not one of {', '.join(FORMATS)}")
     regions = spec.regions()
     logger.info("reading %d input(s) as %s", len(spec.inputs), fmt)
     if fmt == "now":
-        from megatron_meta.corpora.now import read_now
+        from megatron_meta.corpora.now import NowOptions, read_now
 
         # NOW filters by country itself (it can skip whole files); nothing to add here.
-        yield from read_now(spec.inputs, regions, bad, spec.countries)
+        options = NowOptions(country_from=spec.now_country, require_title=spec.keys.require_title)
+        yield from read_now(spec.inputs, regions, bad, spec.countries, options)
         return
     if fmt == "jsonl":
         docs = read_jsonl(spec.inputs, spec.keys, regions, bad)
@@ -151,10 +164,21 @@ def add_corpus_arguments(parser: argparse.ArgumentParser) -> None:
                    "default table (NOW's mapping + ISO 3166)")
     g.add_argument("--countries", type=_comma_set, metavar="CC,CC",
                    help="keep only these country codes (NOW default: the paper's 18 countries)")
+    g.add_argument("--clean-text", choices=CLEAN_MODES, default=None,
+                   help="html: entities unescaped, tags removed, paragraph breaks kept (default); "
+                   "one-line: the same, then all whitespace collapsed to one space (--protocol "
+                   "paper); off: text as read. Duplicate document ids are always dropped (counted)")
+    g.add_argument("--now-country", choices=("sources", "file"), default=None,
+                   help="NOW: country from the sources row (default) or from the text file's name "
+                   "(24-01-us3.txt -> us; --protocol paper)")
+    g.add_argument("--protocol", choices=PROTOCOLS, default=OURS,
+                   help="'paper': the authors' reading of the corpus: --clean-text one-line, "
+                   "--now-country file, --require-title (untitled rows dropped and counted)")
 
 
 def corpus_spec_from_args(args: argparse.Namespace) -> CorpusSpec:
     """Build a :class:`CorpusSpec` from flags added by :func:`add_corpus_arguments`."""
+    paper = getattr(args, "protocol", OURS) == PAPER
     if len(args.json_keys) != 1:
         raise ConfigError(
             f"--json-keys {' '.join(args.json_keys)}: give exactly one text key; each document is "
@@ -168,7 +192,7 @@ def corpus_spec_from_args(args: argparse.Namespace) -> CorpusSpec:
         title=args.title_key,
         id=args.id_key,
         date=getattr(args, "date_key", "date"),
-        require_title=getattr(args, "require_title", False),
+        require_title=getattr(args, "require_title", False) or paper,
     )
     if not keys.country:
         raise ConfigError("--country-key must name a key: every document needs a country")
@@ -186,4 +210,6 @@ def corpus_spec_from_args(args: argparse.Namespace) -> CorpusSpec:
         keys=keys,
         continent_map=args.continent_map,
         countries=countries,
+        cleaning=Cleaning(getattr(args, "clean_text", None) or ("one-line" if paper else "html")),
+        now_country=getattr(args, "now_country", None) or ("file" if paper else "sources"),
     )
