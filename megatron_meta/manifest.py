@@ -67,6 +67,7 @@ class Manifest:
     split_by: str = "none"
     url_form: str = "full"
     append_eod: bool = True
+    prepend_bos: bool = False
     # One sequence per sentence (shards named *_text_sentence); GPTDataset would treat each
     # sentence as a document, so GPT training should use shards written without it.
     split_sentences: bool = False

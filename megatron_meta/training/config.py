@@ -84,8 +84,15 @@ class DataConfig:
     region_weights: Optional[str] = _opt(
         None,
         "--region-weights",
-        help="blend of regions: 'balanced' (equal weights, the paper's interleaving) or "
-        "'Africa=2,Asia=1'; default: in proportion to each region's tokens",
+        help="blend of regions: 'balanced' (equal weights) or 'Africa=2,Asia=1'; default: in "
+        "proportion to each region's tokens (see --region-mix interleave for the paper's mix)",
+    )
+    region_mix: str = _opt(
+        "blend",
+        "--region-mix",
+        help="blend: megatron-core's token blend by --region-weights, documents shuffled; "
+        "interleave: the paper's global/leave-one-out data, groups of one document per region "
+        "(shuffled with --seed), as many as the smallest region has, read in order",
     )
     exclude_regions: List[str] = _opt(
         [],
@@ -167,6 +174,10 @@ class OptimizerConfig:
     lr_decay_style: str = _opt("cosine", "--lr-decay-style", help="cosine, linear or constant")
     weight_decay: float = _opt(
         0.01, "--weight-decay", help="decoupled weight decay (not applied to norms and biases)"
+    )
+    weight_decay_all: bool = _opt(
+        False, "--weight-decay-all",
+        help="decay norms and biases too (the authors' nanotron runs; FACTS 1a)",
     )
     clip_grad: float = _opt(1.0, "--clip-grad", help="clip the global gradient norm (0: off)")
     adam_beta1: float = _opt(0.9, "--adam-beta1", help="AdamW beta1")

@@ -4,6 +4,8 @@
   ``--exclude-regions``. Regions are blended with ``--region-weights`` (``balanced`` = equal per
   region, the paper's interleaving; default: in proportion to tokens) by megatron-core's
   ``BlendedMegatronDatasetBuilder`` into ``GPTDataset``s, so no data is rewritten.
+  ``--region-mix interleave`` reads several regions as the paper mixed them instead
+  (:mod:`.interleave`: one document per region a group, the smallest region's count of groups).
 * ``--mask-metadata-loss``: :class:`MetadataMaskedGPTDataset` zeroes the loss mask of every label
   that is one of a document's leading metadata tokens (the preprocessing sidecar counts them).
   The label of the first body token (``TITLE:``) keeps its loss, as in MeCo.
@@ -167,6 +169,10 @@ def build_blend(
     if cfg.split_matrix[0] is None:
         raise ConfigError(f"--split {config.data.split} leaves nothing for training")
     cfg.split_matrix = [cfg.split_matrix[0], None, None]  # build the train split only
+    if config.data.region_mix == "interleave" and len(shards) > 1:
+        return _interleaved(config, shards, cfg.split_matrix[0], num_samples)
+    if config.data.region_mix not in ("blend", "interleave"):
+        raise ConfigError(f"--region-mix {config.data.region_mix!r}: choose blend or interleave")
     weights = None if len(shards) == 1 else blend_weights(shards, config.data.region_weights)
     cfg.blend = ([s.prefix for s in shards], weights)
     builder = BlendedMegatronDatasetBuilder(
@@ -179,6 +185,19 @@ def build_blend(
             f"sequences of {config.model.seq_length} tokens, {num_samples} needed"
         )
     return dataset
+
+
+def _interleaved(config: RunConfig, shards: Sequence[ShardEntry], bounds, num_samples: int):
+    from megatron_meta.training.interleave import InterleavedDataset
+
+    if config.data.region_weights is not None:
+        raise ConfigError(
+            f"--region-weights {config.data.region_weights} with --region-mix interleave: the "
+            "interleave takes one document per region a group; drop one of the two flags"
+        )
+    ranges = [(int(round(bounds[0] * s.documents)), int(round(bounds[1] * s.documents))) for s in shards]
+    return InterleavedDataset(shards, ranges, config.training.seed, config.model.seq_length,
+                              num_samples, config.data.mask_metadata_loss)
 
 
 def cooldown_start(config: RunConfig) -> int:

@@ -64,12 +64,13 @@ def no_weight_decay(name: str, param: torch.nn.Parameter) -> bool:
     return param.ndim == 1 or name.endswith(".bias")
 
 
-def parameter_groups(model: torch.nn.Module) -> List[Dict[str, Any]]:
-    """Two AdamW groups: decayed matrices and undecayed norms/biases (fixed order)."""
+def parameter_groups(model: torch.nn.Module, decay_all: bool = False) -> List[Dict[str, Any]]:
+    """Two AdamW groups: decayed matrices and undecayed norms/biases (fixed order); with
+    ``decay_all`` (``--weight-decay-all``) the second group is empty."""
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         if param.requires_grad:
-            (no_decay if no_weight_decay(name, param) else decay).append(param)
+            (no_decay if not decay_all and no_weight_decay(name, param) else decay).append(param)
     return [
         {"params": decay, "wd_mult": 1.0, "lr_mult": 1.0},
         {"params": no_decay, "wd_mult": 0.0, "lr_mult": 1.0},
@@ -131,7 +132,7 @@ class CpuAdamW:
     def __init__(self, model: torch.nn.Module, config: OptimizerConfig):
         self.config = config
         self.optimizer = torch.optim.AdamW(
-            parameter_groups(model),
+            parameter_groups(model, config.weight_decay_all),
             lr=config.lr,
             betas=(config.adam_beta1, config.adam_beta2),
             eps=config.adam_eps,
@@ -245,4 +246,7 @@ def build_optimizer(
         "bf16 with fp32 main weights" if bf16 else "fp32",
         ", distributed" if use_distributed_optimizer else "",
     )
-    return get_megatron_optimizer(megatron_config, [model])
+    # No overrides (rather than None, which means megatron-core's standard ones) decays every
+    # parameter, norms and biases included.
+    overrides = {} if config.weight_decay_all else None
+    return get_megatron_optimizer(megatron_config, [model], config_overrides=overrides)
