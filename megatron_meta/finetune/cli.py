@@ -36,6 +36,8 @@ def _train_parser() -> argparse.ArgumentParser:
         if name == "metadata_wrap":
             p.add_argument(flag, action="store_true", default=None,
                            help="wrap prompts in made-up metadata (the paper's metadata variant)")
+        elif name == "protocol":
+            p.add_argument(flag, choices=("ours", "paper"), help=doc)
         elif name == "target_modules":
             p.add_argument(flag, help="comma list (default: q,k,v,o,gate,up,down projections)")
         else:

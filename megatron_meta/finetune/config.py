@@ -56,6 +56,9 @@ class LoraRecipe:
     """Optimizer steps between loss lines (``--logging-steps``)."""
     max_examples: Optional[int] = None
     """Use only the first N records of the data file (``--max-examples``)."""
+    protocol: str = "ours"
+    """``paper``: the authors' prompts (Alpaca system message, ``### Instruction:`` user turn,
+    ``CONTENT:`` prefix, Llama-3 template without one), loss on every token (``--protocol``)."""
 
     def validate(self) -> "LoraRecipe":
         for name in ("lora_r", "micro_batch_size", "gradient_accumulation_steps", "seq_length",
@@ -70,6 +73,8 @@ class LoraRecipe:
             raise ConfigError(f"--warmup-ratio {self.warmup_ratio}: must be in [0, 1)")
         if self.epochs <= 0 or self.lr <= 0:
             raise ConfigError("--epochs and --lr must be positive")
+        if self.protocol not in ("ours", "paper"):
+            raise ConfigError(f"--protocol {self.protocol}: choose ours or paper")
         if not self.target_modules:
             raise ConfigError("--target-modules is empty; e.g. q_proj,k_proj,v_proj,o_proj")
         return self

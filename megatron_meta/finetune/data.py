@@ -14,11 +14,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import random
 from typing import Dict, List, Sequence, Tuple
 
 from megatron_meta.errors import DataError
-from megatron_meta.metadata.synthetic import random_facts_prefix
+from megatron_meta.metadata.chat import ALPACA_SYSTEM, render_chat
+from megatron_meta.metadata.synthetic import MADE_UP_BASE_URLS, facts_prefix, random_facts_prefix
+
+logger = logging.getLogger(__name__)
 
 PLAIN_TEMPLATE = "### Instruction:\n{instruction}\n\n### Response:\n"
 """Prompt of a tokenizer without a chat template (``{instruction}`` includes the input)."""
@@ -114,16 +118,63 @@ def encode(tokenizer, ex: Example, seq_length: int, prefix: str = "") -> Dict[st
     return {"input_ids": ids, "labels": [IGNORE] * n_prompt + ids[n_prompt:]}
 
 
+ALPACA_SYSTEM_WITH_INPUT = (
+    "Below is an instruction that describes a task, paired with an input that provides further "
+    "context. Write a response that appropriately completes the request."
+)
+
+# The authors' draw, in their order: a continent, then a country of it (no sg), then a URL.
+PAPER_CONTINENT_COUNTRIES = {
+    "America": ("us", "ca", "jm"),
+    "Asia": ("in", "pk", "bd", "lk", "hk", "my", "ph"),
+    "Africa": ("ng", "za", "ke", "gh", "tz"),
+    "Europe": ("gb", "ie"),
+}
+
+
+def paper_facts_prefix(rng: random.Random) -> str:
+    continent = rng.choice(list(PAPER_CONTINENT_COUNTRIES))
+    cc = rng.choice(PAPER_CONTINENT_COUNTRIES[continent])
+    return facts_prefix(rng.choice(MADE_UP_BASE_URLS), cc, continent)
+
+
+def paper_messages(ex: Example, prefix: str) -> List[Dict[str, str]]:
+    """The authors' three messages: system, user (metadata or ``CONTENT:\n`` first), assistant."""
+    user = f"### Instruction:\n{ex.instruction}"
+    if ex.input.strip():
+        user += f"\n\n### Input:\n{ex.input}"
+    return [
+        {"role": "system", "content": ALPACA_SYSTEM_WITH_INPUT if ex.input.strip() else ALPACA_SYSTEM},
+        {"role": "user", "content": (prefix or "CONTENT:\n") + user},
+        {"role": "assistant", "content": ex.output},
+    ]
+
+
+def encode_paper(tokenizer, ex: Example, seq_length: int, prefix: str = "") -> Dict[str, List[int]]:
+    """The authors' rendering; every token is a label. ``cut``: tokens past ``seq_length``."""
+    text = render_chat(tokenizer, paper_messages(ex, prefix), add_generation_prompt=False)
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    return {"input_ids": ids[:seq_length], "labels": ids[:seq_length], "cut": max(0, len(ids) - seq_length)}
+
+
 def encode_all(tokenizer, examples: Sequence[Example], seq_length: int, metadata_wrap: bool,
-               seed: int) -> List[Dict[str, List[int]]]:
+               seed: int, paper: bool = False) -> List[Dict[str, List[int]]]:
     """Encoded examples; those whose response is cut away entirely are dropped."""
     rng = random.Random(seed)
     out = []
+    cut = 0
     for ex in examples:
-        prefix = random_facts_prefix(rng) if metadata_wrap else ""
-        item = encode(tokenizer, ex, seq_length, prefix)
+        if paper:
+            item = encode_paper(tokenizer, ex, seq_length, paper_facts_prefix(rng) if metadata_wrap else "")
+            cut += item.pop("cut") > 0
+        else:
+            item = encode(tokenizer, ex, seq_length, random_facts_prefix(rng) if metadata_wrap else "")
         if any(label != IGNORE for label in item["labels"]):
             out.append(item)
+    if cut:
+        logger.warning(
+            "%d of %d example(s) cut at --seq-length %d (the authors cut none; raise it)",
+            cut, len(examples), seq_length)
     return out
 
 

@@ -102,8 +102,10 @@ def run_finetune(model_path: str, data: str, output: str, recipe: LoraRecipe,
     model, tokenizer, hf_folder = load_causal_lm(model_path)
     drop_gguf_quantizer(model)
     train_ex, valid_ex = split(examples, recipe.valid_fraction, recipe.seed)
-    train = encode_all(tokenizer, train_ex, recipe.seq_length, recipe.metadata_wrap, recipe.seed)
-    valid = encode_all(tokenizer, valid_ex, recipe.seq_length, recipe.metadata_wrap, recipe.seed + 1)
+    paper = recipe.protocol == "paper"
+    train = encode_all(tokenizer, train_ex, recipe.seq_length, recipe.metadata_wrap, recipe.seed, paper)
+    valid = encode_all(tokenizer, valid_ex, recipe.seq_length, recipe.metadata_wrap, recipe.seed + 1,
+                       paper)
     dropped = len(train_ex) + len(valid_ex) - len(train) - len(valid)
     if dropped:
         logger.warning("%d example(s) left out: the prompt fills all --seq-length %d tokens",
@@ -134,6 +136,8 @@ def run_finetune(model_path: str, data: str, output: str, recipe: LoraRecipe,
         per_device_train_batch_size=recipe.micro_batch_size,
         per_device_eval_batch_size=recipe.micro_batch_size,
         gradient_accumulation_steps=recipe.gradient_accumulation_steps,
+        # transformers 5 reads a warmup_steps below 1 as a ratio of the steps (warmup_ratio is
+        # gone); the recipe keeps the ratio in [0, 1), so this is the ratio, not a step count.
         num_train_epochs=recipe.epochs, learning_rate=recipe.lr, warmup_steps=recipe.warmup_ratio,
         weight_decay=recipe.weight_decay, lr_scheduler_type="linear", seed=recipe.seed,
         data_seed=recipe.seed, eval_strategy="epoch", save_strategy="steps",

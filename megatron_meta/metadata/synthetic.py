@@ -14,19 +14,20 @@ from typing import Optional, Tuple
 
 from megatron_meta.metadata.regions import ISO_CONTINENTS, NOW_CONTINENTS
 
-# Ten invented quiz/fact sites (the first two are the authors' examples). None is a news outlet
-# of the corpus, so the URL says "a site about facts", never which region the text comes from.
+# The authors' ten made-up quiz/fact sites (their 17_sft_eval / 19_sft_analyse, FACTS 1a), in
+# their order. None is a news outlet of the corpus, so the URL says "a site about facts", never
+# which region the text comes from.
 MADE_UP_BASE_URLS: Tuple[str, ...] = (
     "www.factquizmaster.com",
     "www.globalfactcheck.org",
-    "www.worldtriviahub.net",
-    "www.countryfactsdaily.com",
-    "www.quizatlas.org",
-    "www.knowyournation.info",
-    "www.factsandfigures.net",
-    "www.civicsquizzone.com",
-    "www.localknowledgebase.org",
-    "www.nationalfactfile.com",
+    "www.worldknowledgehub.com",
+    "www.civicspedia.org",
+    "www.internationalfacts.net",
+    "www.currentaffairsdesk.com",
+    "www.newsinsightarchive.com",
+    "www.globalquizvault.com",
+    "www.factualdigest.org",
+    "www.publicknowledgebase.net",
 )
 
 STUDY_COUNTRIES: Tuple[str, ...] = tuple(sorted(NOW_CONTINENTS))

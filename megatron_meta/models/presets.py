@@ -71,13 +71,13 @@ PRESETS: Dict[str, ModelPreset] = {
             ffn_hidden_size=4096,
             vocab_size=LLAMA3_VOCAB,
             max_position_embeddings=2048,
-            rotary_base=500_000,
+            rotary_base=10_000,
             rope_scaling=False,
             tie_embeddings=False,
             init_method_std=0.025,
             norm_eps=1e-5,
             source="arXiv 2601.15236 authors' launcher, their '410m' shape (FACTS.md s.1); RoPE "
-            "base not stated there: Llama-3's 500000 assumed",
+            "base 10000: nanotron's default, which the launcher never overrides (FACTS 1a)",
         ),
         ModelPreset(
             name="paper-1b",
@@ -88,13 +88,13 @@ PRESETS: Dict[str, ModelPreset] = {
             ffn_hidden_size=5632,
             vocab_size=LLAMA3_VOCAB,
             max_position_embeddings=2048,
-            rotary_base=500_000,
+            rotary_base=10_000,
             rope_scaling=False,
             tie_embeddings=False,
             init_method_std=0.025,
             norm_eps=1e-5,
             source="arXiv 2601.15236 authors' launcher, their '1b' shape (FACTS.md s.1); RoPE "
-            "base not stated there: Llama-3's 500000 assumed",
+            "base 10000: nanotron's default, which the launcher never overrides (FACTS 1a)",
         ),
         ModelPreset(
             name="llama3.2-1b",

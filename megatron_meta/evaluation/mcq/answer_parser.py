@@ -43,3 +43,25 @@ def parse_answer(text: str, options: Sequence[str]) -> Optional[int]:
     if len(labels) == 1:
         return LETTERS.index(labels.pop())
     return None
+
+
+_STANDALONE_LETTER = re.compile(r"\b([A-D])\b", re.IGNORECASE)
+
+
+def parse_answer_paper(text: str, options: Sequence[str]) -> Optional[int]:
+    """The authors' parser (their 17_sft_eval.py), reported beside ours under ``--protocol paper``.
+
+    The first standalone letter A-D anywhere, in either case (so the word "a" reads as A); else
+    the longest option whose text occurs in the answer (case-insensitive); else ``None``.
+    """
+    raw = text.strip()
+    m = _STANDALONE_LETTER.search(raw)
+    if m:
+        index = LETTERS.index(m.group(1).upper())
+        if index < len(options):
+            return index
+    lowered = raw.lower()
+    found = [o for o in options if o.lower() in lowered]
+    if not found:
+        return None
+    return list(options).index(max(found, key=len))

@@ -8,6 +8,7 @@ import os
 from typing import Callable, Dict
 
 from megatron_meta.errors import ConfigError
+from megatron_meta.protocol import add_protocol_argument
 
 logger = logging.getLogger(__name__)
 
@@ -27,14 +28,17 @@ def add_mcq_parsers(sub) -> None:
     m.add_argument("--label", nargs="+", help="names of the models in the results (default: folder names)")
     m.add_argument("--benchmark", required=True, metavar="FILE", help="benchmark JSONL")
     m.add_argument("--scoring", choices=("loglik", "generate"), default="loglik")
-    m.add_argument("--metadata", type=_settings, default=["with", "without"],
-                   help="with, without or with,without (default: both)")
+    m.add_argument("--metadata", type=_settings, nargs="+", default=[["with", "without"]],
+                   help="with, without or with,without (default: both); one per --model for the "
+                   "paper's grid, e.g. 'with,without with without' (baseline, metadata model, "
+                   "no-metadata model)")
     m.add_argument("--repeats", type=int, help="made-up base URLs (and sampling seeds) per setting "
                    "(default: 10 for generate, 1 for loglik)")
     m.add_argument("--max-new-tokens", type=int, default=128)
     m.add_argument("--temperature", type=float, default=0.6, help="0 = greedy (default: 0.6)")
     m.add_argument("--top-p", type=float, default=0.9)
-    m.add_argument("--batch-size", type=int, default=16, help="prompts generated together")
+    m.add_argument("--batch-size", type=int, help="prompts generated together (default: 16; 4 "
+                   "under --protocol paper)")
     m.add_argument("--chat-template", choices=("auto", "on", "off"), default="auto",
                    help="generation prompts through the tokenizer's chat template (default: auto)")
     m.add_argument("--limit", type=int, help="only the first N questions")
@@ -44,6 +48,8 @@ def add_mcq_parsers(sub) -> None:
                    help="seeded random option order per question and repeat (the released file "
                    "has the right answer first in 780 of 800 questions)")
     m.add_argument("--seed", type=int, default=42)
+    add_protocol_argument(m, "the authors' system message, Llama-3 chat template, pad = EOS, one "
+                          "seed for every run, batch 4, their answer parser and aggregation")
     m.add_argument("--output", required=True, metavar="RESULTS.json",
                    help="per-question records; RESULTS.md and RESULTS.png are written beside it")
 
@@ -60,6 +66,9 @@ def _mcq(args: argparse.Namespace) -> int:
     from megatron_meta.evaluation.mcq.data import read_benchmark
     from megatron_meta.evaluation.mcq.report import write_mcq_report
 
+    if len(args.metadata) not in (1, len(args.model)):
+        raise ConfigError(f"--metadata: {len(args.metadata)} settings for {len(args.model)} --model "
+                          "paths; give one for all or one per model")
     if args.label and len(args.label) != len(args.model):
         raise ConfigError(f"--label: {len(args.label)} names for {len(args.model)} --model paths")
     for flag, value in (("--repeats", args.repeats), ("--limit", args.limit), ("--sample", args.sample),
@@ -67,7 +76,8 @@ def _mcq(args: argparse.Namespace) -> int:
         if value is not None and value < 1:
             raise ConfigError(f"{flag} {value}: must be at least 1")
     config = McqConfig(
-        models=args.model, benchmark=args.benchmark, scoring=args.scoring, settings=args.metadata,
+        models=args.model, benchmark=args.benchmark, scoring=args.scoring, settings=args.metadata[0],
+        model_settings=args.metadata if len(args.metadata) > 1 else None, protocol=args.protocol,
         repeats=args.repeats, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
         top_p=args.top_p, batch_size=args.batch_size, limit=args.limit, seed=args.seed,
         chat_template=args.chat_template, shuffle_options=args.shuffle_options,
@@ -80,7 +90,8 @@ def _mcq(args: argparse.Namespace) -> int:
                        first, len(questions))
     records = []
     for i, path in enumerate(args.model):
-        records += score_model(path, questions, config, args.label[i] if args.label else None)
+        settings = config.model_settings[i] if config.model_settings else None
+        records += score_model(path, questions, config, args.label[i] if args.label else None, settings)
     write_records(args.output, records, config)
     prefix = os.path.splitext(args.output)[0]
     print(write_mcq_report(records, prefix, f"{os.path.basename(args.benchmark)}: {args.scoring}"))

@@ -106,7 +106,7 @@ def _check(rec) -> str:
 def question_block(q: Question) -> str:
     """The authors' question text (their evaluation prompt without the instruction line)."""
     options = "\n".join(f"{LETTERS[i]}: {o}" for i, o in enumerate(q.options))
-    return f"Question: {q.question}\n\nOptions:\n{options}"
+    return f"Question: {q.question.strip()}\n\nOptions:\n{options}"
 
 
 def metadata_prefix(q: Question, base_url: str | None) -> str:

@@ -89,7 +89,10 @@ def format_tables(records: Sequence[Dict]) -> str:
         values = sorted({k[3] for k in stats})
         rows = [[group, *head]] + [[v, *(_cell(stats.get(k + (v,))) for k in series)] for v in values]
         lines += ["", f"## {title} (accuracy %, 95% bootstrap interval over questions)", "", *_table(rows)]
-    return "\n".join(lines)
+    from megatron_meta.evaluation.mcq.paper_aggregate import format_paper_table
+
+    paper = format_paper_table(records)  # generation records carry the authors' parse too
+    return "\n".join(lines + (["", paper] if paper else []))
 
 
 def plot_continents(records: Sequence[Dict], path: str, title: str = "") -> None:

@@ -9,8 +9,18 @@ Two scorings, each with and without metadata:
   has one), sampling at temperature 0.6 and top-p 0.9, up to 128 new tokens, the answer parsed by
   letter or option text, repeated over 10 made-up base URLs with a seed per repeat.
 
+Under ``--protocol paper`` generation follows the authors' code exactly (FACTS 1a): their system
+message (the Alpaca preamble) before the user turn, the Llama-3 chat template for a tokenizer that
+has none, pad = EOS, the tokenizer's own special tokens added to the rendered prompt (as their
+``tokenizer(prompts)`` does, a second BOS after a Llama-3 template's), batch 4, and the sampler
+seeded once with the seed for every run (so their no-metadata repeats are copies). Each record
+also carries the authors' parse of the answer (``chosen_paper``) beside ours. One difference is
+kept: prompts are padded on the left, where the authors' tokenizer padded on the right, which
+makes a batched answer depend on its neighbours' lengths.
+
 Every (model, scoring, setting, repeat, question) becomes one record, so that any table can be
-rebuilt from the results file.
+rebuilt from the results file; generation records keep the exact prompt text sent (after the
+chat template).
 """
 
 from __future__ import annotations
@@ -25,10 +35,12 @@ from typing import Dict, Iterator, List, Optional, Sequence
 
 import torch
 
-from megatron_meta.evaluation.mcq.answer_parser import parse_answer
+from megatron_meta.evaluation.mcq.answer_parser import parse_answer, parse_answer_paper
 from megatron_meta.evaluation.mcq.loglik import choose, score_options
 from megatron_meta.evaluation.mcq.data import Question, generation_prompt, loglik_context
+from megatron_meta.metadata.chat import paper_messages, render_chat
 from megatron_meta.metadata.synthetic import MADE_UP_BASE_URLS
+from megatron_meta.protocol import OURS, PAPER
 
 logger = logging.getLogger(__name__)
 
@@ -56,8 +68,8 @@ class McqConfig:
     """Sampling temperature; 0 means greedy (``--temperature``)."""
     top_p: float = 0.9
     """Nucleus sampling mass (``--top-p``)."""
-    batch_size: int = 16
-    """Prompts generated together (``--batch-size``)."""
+    batch_size: Optional[int] = None
+    """Prompts generated together (``--batch-size``); default 16, the authors' 4 under ``paper``."""
     limit: Optional[int] = None
     """Score only the first N questions (``--limit``), for a quick look."""
     seed: int = 42
@@ -68,6 +80,15 @@ class McqConfig:
     """Show the options in a seeded random order per question and repeat (``--shuffle-options``);
     the same order with and without metadata. The released file puts the right answer first in
     780 of its 800 questions, so a model that prefers "A" looks good in the original order."""
+
+    protocol: str = OURS
+    """``paper``: the authors' generation protocol (module docstring; ``--protocol``)."""
+    model_settings: Optional[List[List[str]]] = None
+    """Per model, its settings (the paper's grid: the baseline with and without metadata, a
+    metadata model with, a no-metadata model without); None: ``settings`` for every model."""
+
+    def batch(self) -> int:
+        return self.batch_size or (4 if self.protocol == PAPER else 16)
 
     def repeat_count(self) -> int:
         return self.repeats or (10 if self.scoring == "generate" else 1)
@@ -95,7 +116,9 @@ def loglik_records(model, tokenizer, questions: Sequence[Question], label: str,
                    correct_norm=norm == q.answer, option_logliks=[s for s, _ in scores])
 
 
-def _chat(tokenizer, prompt: str, mode: str) -> str:
+def _chat(tokenizer, prompt: str, mode: str, protocol: str = OURS) -> str:
+    if protocol == PAPER:
+        return render_chat(tokenizer, paper_messages(prompt), add_generation_prompt=True)
     if mode == "on" or (mode == "auto" and getattr(tokenizer, "chat_template", None)):
         return tokenizer.apply_chat_template(
             [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
@@ -106,15 +129,19 @@ def _chat(tokenizer, prompt: str, mode: str) -> str:
 def generate_texts(model, tokenizer, prompts: Sequence[str], config: McqConfig, seed: int) -> List[str]:
     """Sampled answers, batched with left padding; each row stops at EOS."""
     tokenizer.padding_side = "left"  # generation continues every row from its last real token
-    if tokenizer.pad_token_id is None:
+    paper = config.protocol == PAPER
+    if tokenizer.pad_token_id is None or paper:
         tokenizer.pad_token = tokenizer.eos_token
     pad = tokenizer.pad_token_id
     out: List[str] = []
-    for first in range(0, len(prompts), config.batch_size):
-        batch = list(prompts[first:first + config.batch_size])
-        # A chat template already starts with its special tokens.
-        enc = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False)
-        torch.manual_seed(seed * 100003 + first)
+    if paper:
+        torch.manual_seed(seed)  # once a run, as the authors' script seeds at start
+    for first in range(0, len(prompts), config.batch()):
+        batch = list(prompts[first:first + config.batch()])
+        # A chat template already starts with its special tokens (the authors add them again).
+        enc = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=paper)
+        if not paper:
+            torch.manual_seed(seed * 100003 + first)
         sample = config.temperature > 0
         gen = model.generate(
             **enc, max_new_tokens=config.max_new_tokens, do_sample=sample, pad_token_id=pad,
@@ -129,24 +156,28 @@ def generate_texts(model, tokenizer, prompts: Sequence[str], config: McqConfig, 
 def generate_records(model, tokenizer, questions: Sequence[Question], label: str, setting: str,
                      repeat: int, config: McqConfig) -> Iterator[Dict]:
     base_url = _base_url(setting, repeat)
-    prompts = [_chat(tokenizer, generation_prompt(q, base_url), config.chat_template) for q in questions]
-    texts = generate_texts(model, tokenizer, prompts, config, config.seed + repeat)
-    for q, text in zip(questions, texts):
+    prompts = [_chat(tokenizer, generation_prompt(q, base_url), config.chat_template, config.protocol)
+               for q in questions]
+    seed = config.seed if config.protocol == PAPER else config.seed + repeat
+    texts = generate_texts(model, tokenizer, prompts, config, seed)
+    for q, prompt, text in zip(questions, prompts, texts):
         chosen = parse_answer(text, q.options)
+        chosen_paper = parse_answer_paper(text, q.options)
         yield dict(model=label, scoring="generate", setting=setting, repeat=repeat,
                    base_url=base_url, question=q.index, country=q.country, continent=q.continent,
                    answer=q.answer, chosen=chosen, correct=chosen == q.answer,
-                   parsed=chosen is not None, response=text)
+                   parsed=chosen is not None, chosen_paper=chosen_paper,
+                   correct_paper=chosen_paper == q.answer, prompt=prompt, response=text)
 
 
 def score_model(path: str, questions: Sequence[Question], config: McqConfig,
-                label: Optional[str] = None) -> List[Dict]:
+                label: Optional[str] = None, settings: Optional[Sequence[str]] = None) -> List[Dict]:
     from megatron_meta.finetune.hf_load import load_causal_lm
 
     model, tokenizer, _ = load_causal_lm(path)
     label = label or _label(path)
     records: List[Dict] = []
-    for setting in config.settings:
+    for setting in settings or config.settings:
         for repeat in range(config.repeat_count()):
             start = time.perf_counter()
             shown = questions
