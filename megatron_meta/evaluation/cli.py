@@ -28,6 +28,7 @@ from megatron_meta.errors import ConfigError
 from megatron_meta.evaluation.mcq.cli import MCQ_COMMANDS, add_mcq_parsers
 from megatron_meta.evaluation.perplexity.studies_cli import STUDY_COMMANDS, add_study_parsers
 from megatron_meta.metadata.formatting import parse_variants
+from megatron_meta.protocol import add_protocol_argument
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bootstrap resamples for the 95%% interval (default: 1000)")
     p.add_argument("--label", help="model name in the results (default: the checkpoint folder's name)")
     p.add_argument("--output", required=True, metavar="RESULTS.json", help="where to write results")
+    add_protocol_argument(p, "BOS + text cut to --seq-length as a whole, loss from the token after "
+                          "TITLE, their sample and bootstrap, All and leave-one-out test sets")
 
     r = sub.add_parser("report", help="table (P.md) and chart (P.png) from results files")
     r.add_argument("results", nargs="+", metavar="RESULTS.json")
@@ -88,6 +91,7 @@ def _perplexity(args: argparse.Namespace) -> int:
         bootstrap_samples=args.bootstrap_samples,
         micro_batch_size=args.micro_batch_size,
         label=args.label,
+        protocol=args.protocol,
     )
     results = evaluate_checkpoint(config)
     write_results(args.output, results, config)

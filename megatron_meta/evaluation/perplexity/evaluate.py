@@ -13,6 +13,10 @@ Two choices the paper leaves open, made so that variants differ only in their co
   score a metadata variant on less text than ``none``).
 * Each document is scored after the end-of-document token, as in training where every document
   follows the previous one's EOD, so the first body token is predicted in every variant.
+
+``--protocol paper`` scores as the authors' code did instead (:mod:`.paper`): BOS + the formatted
+text cut to ``seq_length`` as a whole, the loss from the token after ``TITLE``, their sample and
+bootstrap, and the ``All`` and leave-one-out test sets beside the regions.
 """
 
 from __future__ import annotations
@@ -68,6 +72,10 @@ class PerplexityConfig:
     """Documents per forward pass."""
     label: Optional[str] = None
     """Model name in the results; the checkpoint folder's name when not given."""
+    protocol: str = "ours"
+    """``paper``: the authors' encoding, sample, bootstrap and test sets (:mod:`.paper`)."""
+    bos_id: Optional[int] = None
+    """BOS token id (the manifest's tokenizer), needed by the paper protocol."""
 
 
 @dataclasses.dataclass
@@ -230,6 +238,8 @@ def evaluate_documents(
     train_variant: Optional[str] = None,
 ) -> List[RegionResult]:
     """Score every region's sample in every variant (the same sample for each variant)."""
+    if config.protocol == "paper":
+        return _evaluate_paper(score, codec, sets, config, model, url_form, train_variant)
     results: List[RegionResult] = []
     for region, docs in sets.items():
         sample = sample_documents(docs, config.max_documents, config.seed)
@@ -254,6 +264,50 @@ def evaluate_documents(
                 f"{result.ratio_ci_high:.3f}]",
             )
             results.append(result)
+    return results
+
+
+def _evaluate_paper(score, codec, sets, config, model, url_form, train_variant) -> List[RegionResult]:
+    from megatron_meta.evaluation.perplexity.paper import (
+        encode_paper, paper_bootstrap, paper_sample, paper_test_sets,
+    )
+
+    if config.bos_id is None:
+        raise DataError("--protocol paper scores BOS + text, but the manifest's tokenizer has no "
+                        "BOS token; use --protocol ours")
+    # An ablation model is scored in its own format (its variant stands for "with metadata").
+    variants = [train_variant if v == "full" and train_variant not in (None, "none") else v
+                for v in config.variants]
+    results: List[RegionResult] = []
+    for region, docs in paper_test_sets(sets, config.seed).items():
+        scored = {}
+        for variant in dict.fromkeys(variants):
+            rng = np.random.default_rng(config.seed)  # fresh per (model, test set), as theirs
+            picked = [docs[i] for i in paper_sample(len(docs), config.max_documents, rng)]
+            items = [(d.id, encode_paper(d, variant, url_form, codec, config.bos_id, config.seq_length))
+                     for d in picked]
+            items = [(i, e) for i, e in items if e is not None]
+            nll, count = score([e.sequence for _, e in items], [e.start for _, e in items]) if items \
+                else (np.zeros(0), np.zeros(0, dtype=np.int64))
+            nll, count = np.asarray(nll, dtype=np.float64), np.asarray(count, dtype=np.int64)
+            low, high = paper_bootstrap(nll, count, config.bootstrap_samples, config.confidence, rng)
+            result = RegionResult(
+                model=model, variant=variant, region=region, documents=len(items),
+                tokens=int(count.sum()), nll=float(nll.sum()), ppl=corpus_perplexity(nll, count),
+                ci_low=low, ci_high=high, train_variant=train_variant,
+                document_ids=[i for i, _ in items], document_nll=[float(x) for x in nll],
+                document_tokens=[int(x) for x in count],
+            )
+            scored[variant] = result
+            logger.info("%s | %-10s | test %-5s | %4d docs %7d tokens | ppl %.2f [%.2f, %.2f] (paper)",
+                        model, region, variant, result.documents, result.tokens, result.ppl, low, high)
+            results.append(result)
+        none = scored.get("none")
+        for variant, result in scored.items():
+            if variant != "none" and none is not None and none.document_ids == result.document_ids:
+                result.ratio_to_none, result.ratio_ci_low, result.ratio_ci_high = paired_ratio_ci(
+                    result.document_nll, result.document_tokens, none.document_nll,
+                    none.document_tokens, config.bootstrap_samples, config.seed, config.confidence)
     return results
 
 
@@ -320,6 +374,8 @@ def evaluate_checkpoint(config: PerplexityConfig) -> List[RegionResult]:
         config.max_documents,
     )
 
+    if config.protocol == "paper":
+        config.bos_id = manifest.tokenizer.bos_id
     score = make_score_fn(model, micro_batch_size=config.micro_batch_size)
     return evaluate_documents(
         score, Codec.of(tokenizer), sets, config, label, manifest.url_form, train_variant
