@@ -59,11 +59,14 @@ def main(argv: List[str]) -> int:
     if args.action == "plan":
         print(
             f"study {study.name}: {len(study.runs)} pretraining runs, {len(nodes)} nodes; "
-            f"outputs in {study.output_dir}"
+            f"outputs in {study.output_dir}; protocol {study.protocol}"
         )
         for node in nodes:
             after = f"  (after {', '.join(node.deps)})" if node.deps else ""
             print(f"\n{node.name}{after}\n  $ megatron-meta {shlex.join(node.args)}")
+        from megatron_meta.study.paper_tables import table_lines
+
+        print("\n".join(table_lines(nodes)))
         return 0
     if args.action == "report":
         from megatron_meta.study.report import study_report

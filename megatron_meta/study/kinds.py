@@ -29,6 +29,11 @@ def flag_args(flags: Flags, skip: Tuple[str, ...] = ("only", "slurm")) -> List[s
     return out
 
 
+def with_protocol(study: Study, flags: Flags) -> Flags:
+    """``flags`` plus ``protocol: paper`` under a paper-protocol study (a stage's own wins)."""
+    return {"protocol": "paper", **flags} if study.protocol == "paper" else flags
+
+
 def manifest_path(study: Study) -> str:
     if study.data.get("manifest"):
         return os.path.abspath(study.data["manifest"])
@@ -58,6 +63,7 @@ def _preprocess(study: Study, run: Optional[Run], flags: Flags) -> Tuple[List[st
     if "tokenizer" in study.data and "tokenizer-model" not in flags:
         extra = ["--tokenizer-model", study.path_in("data", "tokenizer.model")]
     prefix = manifest[: -len(".manifest.json")]
+    flags = with_protocol(study, flags)
     return ["preprocess", *flag_args(flags), *extra, "--output-prefix", prefix], manifest
 
 
@@ -72,6 +78,8 @@ def _train(study: Study, run: Optional[Run], flags: Flags) -> Tuple[List[str], s
         train["exclude-regions"] = ",".join(r for r in study.regions if r != run.region)
     if run.exclude:
         train["exclude-regions"] = run.exclude
+    if study.protocol == "paper":  # the authors' mix and weight decay (FACTS 1a)
+        train = {"region-mix": "interleave", "weight-decay-all": True, **train}
     if train.get("config"):  # jobs may start elsewhere (sbatch --chdir): name the recipe fully
         train["config"] = os.path.abspath(str(train["config"]))
     save = run_dir(study, run)
@@ -105,6 +113,9 @@ def _finetune(study: Study, run: Optional[Run], flags: Flags) -> Tuple[List[str]
     out = sft_dir(study, run)
     if "data" not in flags and "instructions" in study.data:
         flags = {**flags, "data": instructions_path(study)}
+    if study.protocol == "paper":  # the metadata model's prompts carry metadata, the other's not
+        flags = {**flags, "metadata-wrap": (run.variant or run.train.get("variant")) != "none"}
+    flags = with_protocol(study, flags)
     args = ["finetune", "--model", hf_dir(study, run), *flag_args(flags), "--output", out]
     return args, os.path.join(out, "adapter", "adapter_config.json")
 
@@ -136,7 +147,7 @@ def _perplexity(study: Study, run: Optional[Run], flags: Flags) -> Tuple[List[st
         run_dir(study, run),
         "--data-manifest",
         manifest_path(study),
-        *flag_args(flags),
+        *flag_args(with_protocol(study, flags)),
         "--label",
         run.name,
         "--output",
@@ -149,12 +160,27 @@ def _mcq(study: Study, run: Optional[Run], flags: Flags) -> Tuple[List[str], str
     out = study.path_in("eval", "mcq", f"{run.name}.json")
     tuned = "merge" in study.stages and _selected(study, "merge", run)
     model = merged_dir(study, run) if tuned else hf_dir(study, run)
+    if study.protocol == "paper":
+        # the paper's grid: a metadata model with metadata prompts only, a no-metadata one without
+        setting = "without" if (run.variant or run.train.get("variant")) == "none" else "with"
+        flags = {"scoring": "generate", "metadata": setting, **with_protocol(study, flags)}
     flags = {"scoring": "loglik", "metadata": "with,without", **flags}
     if flags.get("benchmark"):  # jobs may start elsewhere: name the file fully
         flags["benchmark"] = os.path.abspath(str(flags["benchmark"]))
     args = ["evaluate", "mcq", "--model", model, *flag_args(flags), "--label", run.name,
             "--output", out]
     return args, out
+
+
+def _mcq_baseline(study: Study, run: Optional[Run], flags: Flags) -> Tuple[List[str], str]:
+    """The paper's baseline instruct model in both settings (``stages: mcq-baseline: {model}``)."""
+    out = study.path_in("eval", "mcq", "baseline.json")
+    flags = {"scoring": "generate", "metadata": "with,without", **with_protocol(study, flags)}
+    for key in ("benchmark",):
+        if flags.get(key):
+            flags[key] = os.path.abspath(str(flags[key]))
+    label = str(flags.pop("label", "baseline"))
+    return ["evaluate", "mcq", *flag_args(flags), "--label", label, "--output", out], out
 
 
 def _report(study: Study, run: Optional[Run], flags: Flags) -> Tuple[List[str], str]:
@@ -209,8 +235,10 @@ KINDS: Dict[str, Kind] = {
     "perplexity": Kind("run", "python", ("train",), _perplexity),
     "counterfactual": Kind("run", "python", ("convert",), _counterfactual),
     "mcq": Kind("run", "python", ("merge", "convert"), _mcq),
+    "mcq-baseline": Kind("study", "python", (), _mcq_baseline),
     "report": Kind(
-        "study", "python", ("train", "perplexity", "counterfactual", "mcq"), _report, _report_done
+        "study", "python", ("train", "perplexity", "counterfactual", "mcq", "mcq-baseline"),
+        _report, _report_done,
     ),
 }
 

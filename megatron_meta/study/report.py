@@ -174,6 +174,10 @@ def study_report(study: Study) -> str:
             "",
             f"Chart: {prefix}.png",
         ]
+        if len({r.model for r in rows}) > 1:  # the paper's cross-region comparisons
+            from megatron_meta.evaluation.perplexity.matrix import write_matrix
+
+            lines += ["", write_matrix(rows, prefix, f"Study {study.name}")]
         lines += findings(study, rows)
     lines += counterfactual_section(study)
     lines += mcq_section(study)

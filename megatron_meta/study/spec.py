@@ -24,7 +24,8 @@
       report: {}
 
 Flags are written as in the command line without the dashes (``train-iters: 200``); ``true``
-gives a bare flag.
+gives a bare flag. ``protocol: paper`` at the top passes ``--protocol paper`` to every stage that
+has it (and the paper's training flags to every run; README, protocol table).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ import yaml
 from megatron_meta.errors import ConfigError
 
 RUN_FIELDS = ("region", "exclude", "variant", "model")
-TOP_KEYS = ("name", "output_dir", "regions", "data", "defaults", "runs", "stages")
+TOP_KEYS = ("name", "output_dir", "regions", "data", "defaults", "runs", "stages", "protocol")
 
 
 @dataclass
@@ -83,6 +84,8 @@ class Study:
     slurm: Dict[str, Any]
     """Slurm settings (partition, account, qos, time, nodes, gpus_per_node, cpus_per_task,
     env, container_image, container_mounts, max_restarts, throttle, extra)."""
+    protocol: str = "ours"
+    """``protocol: paper``: every stage gets ``--protocol paper`` (the authors' behaviour)."""
 
     def path_in(self, *parts: str) -> str:
         return os.path.join(self.output_dir, *parts)
@@ -182,6 +185,9 @@ def load_study(path: str, output_dir: Optional[str] = None) -> Study:
         raise ConfigError(
             f"{path}: unknown stage(s) {', '.join(bad)}; stages are {', '.join(valid)}"
         )
+    protocol = str(raw.get("protocol") or "ours")
+    if protocol not in ("ours", "paper"):
+        raise ConfigError(f"{path}: protocol {protocol!r}: choose ours or paper")
     base = os.path.abspath(
         output_dir or raw.get("output_dir") or os.path.join("runs", raw.get("name", "study"))
     )
@@ -194,4 +200,5 @@ def load_study(path: str, output_dir: Optional[str] = None) -> Study:
         runs=runs,
         stages=stages,
         slurm=_mapping(defaults.get("slurm"), f"{path}: defaults.slurm"),
+        protocol=protocol,
     )
