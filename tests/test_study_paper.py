@@ -28,4 +28,4 @@ def test_paper_study_plan(capsys):
     assert main(["study", "plan", "examples/study_paper.yaml"]) == 0
     out = capsys.readouterr().out
     assert "protocol paper" in out.splitlines()[0]
-    assert "Cross-region matrix with deltas" in out and "mcq/global-full-paper-1b, mcq-baseline" in out
+    assert "Cross-region matrix with deltas" in out and "mcq/global-full-paper-1b, mcq/global-none-paper-1b, mcq-baseline" in out
