@@ -144,6 +144,10 @@ def study_report(study: Study) -> str:
     lines: List[str] = [
         f"# Study {study.name}",
         "",
+        f"Protocol: {study.protocol} "
+        f"({'the code of the paper' if study.protocol == 'paper' else 'our defaults'}; "
+        "README, \"Our defaults and the paper protocol\").",
+        "",
         "## Models",
         "",
         "| run | trained on | variant | model | state | iteration | final loss |",

@@ -18,6 +18,7 @@ over the data-parallel group, so the losses are the same on every rank.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from typing import Dict, List, Tuple
@@ -56,6 +57,9 @@ def _held_out_documents(
     from megatron_meta.tokenizer import load_tokenizer
 
     codec = Codec.of(load_tokenizer(manifest.tokenizer.type, manifest.tokenizer.model))
+    if manifest.prepend_bos and manifest.tokenizer.bos_id is not None:
+        # shards written with --prepend-bos start each document with BOS, not after an EOD
+        codec = dataclasses.replace(codec, eod=manifest.tokenizer.bos_id)
     variant = config.data.variant
     docs_by_region: Dict[str, list] = {}
     for entry in manifest.holdout:

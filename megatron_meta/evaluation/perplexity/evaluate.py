@@ -377,6 +377,8 @@ def evaluate_checkpoint(config: PerplexityConfig) -> List[RegionResult]:
     if config.protocol == "paper":
         config.bos_id = manifest.tokenizer.bos_id
     score = make_score_fn(model, micro_batch_size=config.micro_batch_size)
-    return evaluate_documents(
-        score, Codec.of(tokenizer), sets, config, label, manifest.url_form, train_variant
-    )
+    codec = Codec.of(tokenizer)
+    if manifest.prepend_bos and manifest.tokenizer.bos_id is not None:
+        # documents were trained after BOS (--prepend-bos), not after the previous one's EOD
+        codec = dataclasses.replace(codec, eod=manifest.tokenizer.bos_id)
+    return evaluate_documents(score, codec, sets, config, label, manifest.url_form, train_variant)
