@@ -35,7 +35,8 @@ def test_the_paper_study_has_its_31_models_and_their_stages():
     assert "--model" in nodes["mcq/global-full-paper-1b"].args and nodes["mcq/global-full-paper-1b"].args[
         nodes["mcq/global-full-paper-1b"].args.index("--model") + 1].endswith("merged")
     assert "finetune/local-Africa-full-paper-1b" not in nodes  # only: global 1B models
-    assert len(nodes["report"].deps) == 31 + 31 + 2  # every train, perplexity and mcq
+    # every train, perplexity and mcq, and the paper grid's instruct baseline (mcq-baseline)
+    assert len(nodes["report"].deps) == 31 + 31 + 2 + 1
 
 
 def test_study_errors_name_the_file_and_the_fix(tmp_path):

@@ -108,14 +108,17 @@ def render(tokenizer, ex: Example, prefix: str = "") -> Tuple[str, str]:
 
 
 def encode(tokenizer, ex: Example, seq_length: int, prefix: str = "") -> Dict[str, List[int]]:
-    """``input_ids`` and ``labels`` (prompt tokens ignored), cut to ``seq_length``."""
+    """``input_ids`` and ``labels`` (prompt tokens ignored), cut to ``seq_length``; ``cut``: how
+    many tokens the cut removed."""
     prompt, full = render(tokenizer, ex, prefix)
     # Special tokens are in the template's text already; the tokenizer must not add a second BOS.
     chat = bool(getattr(tokenizer, "chat_template", None))
     prompt_ids = tokenizer.encode(prompt, add_special_tokens=not chat)
-    ids = tokenizer.encode(full, add_special_tokens=not chat)[:seq_length]
+    full_ids = tokenizer.encode(full, add_special_tokens=not chat)
+    ids = full_ids[:seq_length]
     n_prompt = min(len(prompt_ids), len(ids))
-    return {"input_ids": ids, "labels": [IGNORE] * n_prompt + ids[n_prompt:]}
+    return {"input_ids": ids, "labels": [IGNORE] * n_prompt + ids[n_prompt:],
+            "cut": len(full_ids) - len(ids)}
 
 
 ALPACA_SYSTEM_WITH_INPUT = (
@@ -166,14 +169,14 @@ def encode_all(tokenizer, examples: Sequence[Example], seq_length: int, metadata
     for ex in examples:
         if paper:
             item = encode_paper(tokenizer, ex, seq_length, paper_facts_prefix(rng) if metadata_wrap else "")
-            cut += item.pop("cut") > 0
         else:
             item = encode(tokenizer, ex, seq_length, random_facts_prefix(rng) if metadata_wrap else "")
+        cut += item.pop("cut") > 0
         if any(label != IGNORE for label in item["labels"]):
             out.append(item)
     if cut:
         logger.warning(
-            "%d of %d example(s) cut at --seq-length %d (the authors cut none; raise it)",
+            "%d of %d example(s) cut at --seq-length %d (the authors cut none)",
             cut, len(examples), seq_length)
     return out
 
