@@ -23,11 +23,14 @@ from __future__ import annotations
 
 import dataclasses
 import html
+import logging
 import re
 from typing import Iterable, Iterator, Set
 
 from megatron_meta.corpora.bad_records import BadRecords
 from megatron_meta.corpora.records import Document
+
+logger = logging.getLogger(__name__)
 
 MODES = ("html", "one-line", "off")
 
@@ -85,4 +88,5 @@ def clean_documents(docs: Iterable[Document], cleaning: Cleaning, bad: BadRecord
             yield doc if text == doc.text else dataclasses.replace(doc, text=text)
     finally:
         if duplicates:
+            logger.info("left out %d documents whose id was seen before (duplicate_id)", duplicates)
             bad.merge({"duplicate_id": duplicates})
