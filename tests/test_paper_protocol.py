@@ -153,3 +153,38 @@ def test_aggregation_equals_a_hand_computation():
 def test_config_defaults_under_paper():
     assert McqConfig(models=[], benchmark="", protocol="paper").batch() == 4
     assert McqConfig(models=[], benchmark="").batch() == 16
+
+
+def test_generation_records_under_the_paper_protocol(tmp_path, smollm2_hf):
+    """A real (tiny, random) Llama through the paper grid: each record keeps the exact prompt
+    sent, both parses, one seed for every run (no-metadata repeats are copies), the paper table."""
+    import json
+
+    from hf_fixtures import make_tiny_llama
+
+    from megatron_meta.evaluation.mcq.data import read_benchmark
+    from megatron_meta.evaluation.mcq.report import format_tables
+    from megatron_meta.evaluation.mcq.score import score_model
+    from megatron_meta.evaluation.mcq.answer_parser import parse_answer
+
+    bench = tmp_path / "b.jsonl"
+    bench.write_text("".join(json.dumps(q) + "\n" for q in [
+        {"question": "Capital of Nigeria?", "options": ["Abuja", "Lagos", "Kano", "Jos"],
+         "correct_answer": "Abuja", "country": "Nigeria", "continent": "Africa"},
+        {"question": "Capital of Ireland?", "options": ["Cork", "Dublin", "Galway", "Sligo"],
+         "correct_answer": "Dublin", "country": "Ireland", "continent": "Europe"}]))
+    tiny = make_tiny_llama(tmp_path / "tiny", smollm2_hf)
+    qs = read_benchmark(str(bench))
+    config = McqConfig(models=[tiny], benchmark=str(bench), scoring="generate", repeats=2,
+                       max_new_tokens=5, protocol="paper")
+    records = score_model(tiny, qs, config, "base")
+    records += score_model(tiny, qs, config, "meta", settings=["with"])
+    for r in records:
+        assert r["prompt"].startswith(f"<|im_start|>system\n{SYSTEM}<|im_end|>\n<|im_start|>user\n")
+        assert r["chosen_paper"] == parse_answer_paper(r["response"], qs[r["question"]].options)
+        assert r["chosen"] == parse_answer(r["response"], qs[r["question"]].options)
+    without = [r["response"] for r in records if r["model"] == "base" and r["setting"] == "without"]
+    assert without[:2] == without[2:]  # repeat 1 is a copy of repeat 0, as in the authors' runs
+    assert {(r["model"], r["setting"]) for r in records} == {("base", "with"), ("base", "without"),
+                                                             ("meta", "with")}
+    assert "## Paper protocol" in format_tables(records)
