@@ -25,6 +25,7 @@ import logging
 from typing import List
 
 from megatron_meta.errors import ConfigError
+from megatron_meta.evaluation.harness.cli import HARNESS_COMMANDS, add_harness_parsers
 from megatron_meta.evaluation.mcq.cli import MCQ_COMMANDS, add_mcq_parsers
 from megatron_meta.evaluation.perplexity.studies_cli import STUDY_COMMANDS, add_study_parsers
 from megatron_meta.metadata.formatting import parse_variants
@@ -72,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--output-prefix", required=True, metavar="P", help="writes P.md and P.png")
     r.add_argument("--title", default="", help="chart and document title")
     add_mcq_parsers(sub)
+    add_harness_parsers(sub)
     add_study_parsers(sub)
     return parser
 
@@ -124,6 +126,8 @@ def main(argv: List[str]) -> int:
         return _perplexity(args)
     if args.command in MCQ_COMMANDS:
         return MCQ_COMMANDS[args.command](args)
+    if args.command in HARNESS_COMMANDS:
+        return HARNESS_COMMANDS[args.command](args)
     if args.command in STUDY_COMMANDS:
         return STUDY_COMMANDS[args.command](args)
     return _report(args)

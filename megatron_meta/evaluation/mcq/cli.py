@@ -1,4 +1,4 @@
-"""Flags of ``evaluate mcq`` and ``evaluate lm-eval-task`` (kept apart from the perplexity CLI)."""
+"""Flags of ``evaluate mcq`` (kept apart from the perplexity and harness CLIs)."""
 
 from __future__ import annotations
 
@@ -53,13 +53,6 @@ def add_mcq_parsers(sub) -> None:
     m.add_argument("--output", required=True, metavar="RESULTS.json",
                    help="per-question records; RESULTS.md and RESULTS.png are written beside it")
 
-    t = sub.add_parser("lm-eval-task", help="write an lm-evaluation-harness task for the benchmark")
-    t.add_argument("--benchmark", required=True, metavar="FILE", help="benchmark JSONL")
-    t.add_argument("--output", required=True, metavar="DIR", help="task folder (for --include_path)")
-    t.add_argument("--name", default="metacul_mcq", help="task name prefix (default: metacul_mcq)")
-    t.add_argument("--base-url", default=None, help="made-up URL of the with-metadata task "
-                   "(default: the first of the documented list)")
-
 
 def _mcq(args: argparse.Namespace) -> int:
     from megatron_meta.evaluation.mcq.score import McqConfig, score_model, write_records
@@ -110,18 +103,6 @@ def select_questions(questions, limit=None, sample=None, seed=42):
     return questions
 
 
-def _lm_eval_task(args: argparse.Namespace) -> int:
-    from megatron_meta.evaluation.harness.task import write_harness_tasks
-
-    names = write_harness_tasks(args.benchmark, args.output, args.name, args.base_url)
-    print(f"wrote tasks {', '.join(names)} in {args.output}; run e.g.\n"
-          f"  HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1 lm_eval --model hf --model_args "
-          f"pretrained=MODEL_DIR,dtype=float32 --include_path {os.path.abspath(args.output)} "
-          f"--tasks {','.join(names)} --device cpu")
-    return 0
-
-
 MCQ_COMMANDS: Dict[str, Callable[[argparse.Namespace], int]] = {
     "mcq": _mcq,
-    "lm-eval-task": _lm_eval_task,
 }
