@@ -63,6 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--append-eod", action="store_true", help="end every document with the EOD id")
     g.add_argument(
+        "--prepend-bos",
+        action="store_true",
+        help="start every document with the BOS id (the paper's protocol: BOS, no EOD)",
+    )
+    g.add_argument(
         "--split-sentences",
         action="store_true",
         help="one sequence per sentence (offline punkt learned from the corpus)",
@@ -146,6 +151,7 @@ def config_from_args(args: argparse.Namespace, argv: List[str]) -> PreprocessCon
         url_form=args.url_form,
         split_by=args.split_by,
         append_eod=args.append_eod,
+        prepend_bos=args.prepend_bos,
         split_sentences=args.split_sentences,
         workers=args.workers,
         holdout=HoldoutConfig(args.holdout_test, args.holdout_valid_fraction, args.seed),
