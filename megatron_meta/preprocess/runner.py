@@ -108,6 +108,8 @@ class PreprocessResult:
     text_bytes: int
     seconds: float
     shared_body: bool
+    job_cpu: float = 0.0
+    """Main-process CPU seconds while the jobs ran (start-up excluded): its cost per MB."""
 
 
 def shard_prefix(output_prefix: str, variant: str, region: Optional[str], sentences: bool) -> str:
@@ -220,7 +222,7 @@ def _run(config: PreprocessConfig, pool: Optional[WorkerPool]) -> PreprocessResu
         else:
             jobs = stream_jobs(positioned, selector, _task_bytes(config))
         progress = Progress(config.log_interval, enabled=config.progress_bar)
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         counts = dispatcher.run(
             jobs,
             outputs,
@@ -231,6 +233,7 @@ def _run(config: PreprocessConfig, pool: Optional[WorkerPool]) -> PreprocessResu
         )
         progress.close(counts["documents"], counts["text_bytes"])
         counts["seconds"] = time.perf_counter() - start
+        counts["job_cpu"] = time.process_time() - cpu
         skipped = collections.Counter(counts["skipped"])
         skipped.update(bad.summary() if part is None or tasks is not None else part.skipped)
         manifest = _build_manifest(config, tokenizer, outputs, dict(sorted(skipped.items())), part)
@@ -252,6 +255,7 @@ def _run(config: PreprocessConfig, pool: Optional[WorkerPool]) -> PreprocessResu
         text_bytes=int(counts["text_bytes"]),
         seconds=counts["seconds"],
         shared_body=bool(enc_config.shared_body),
+        job_cpu=counts["job_cpu"],
     )
 
 
