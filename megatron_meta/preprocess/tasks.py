@@ -131,12 +131,10 @@ class JobRunner:
             return
         assert job.read is not None
         countries = self.settings.corpus.countries
-        excluded = 0
         for doc in read_task(self.settings.corpus, job.read, bad):
             if countries is not None and doc.country not in countries:
                 # Counted like a bad record: by the next good document's index.
                 bad.merge({"excluded_country": 1})
-                excluded += 1
                 continue
             yield doc
             bad.good += 1
