@@ -220,3 +220,28 @@ def test_joining_a_large_index_holds_blocks_only(tmp_path):
     ds = IndexedDataset(str(tmp_path / "joined"))
     assert len(ds) == 2 * n and ds.document_indices[-1] == 2 * n
     assert ds[n + 5].tolist() == [1] and writer.tokens == 2 * n
+
+
+def test_now_read_by_the_main_process_same_bytes_and_parts(toks, tmp_path):
+    """NOW has no read tasks: the main process reads it and sends documents in jobs."""
+    from corpus_fixtures import make_now_folder
+
+    from megatron_meta.preprocess.merge import merge_parts
+
+    now = str(make_now_folder(tmp_path))
+    assert plan_tasks(CorpusSpec([now]), 100) is None
+    kw = dict(holdout=HoldoutConfig(1, 0.2, 4), append_eod=True)
+    one = run(tmp_path / "ref", [now], toks, task_bytes=10**9, **kw)
+    assert one.documents > 3 and one.held_out >= 1
+    assert one.manifest.skipped == {"excluded_country": 1}
+    for workers in (2, 5):
+        out = tmp_path / f"w{workers}"
+        run(out, [now], toks, workers=workers, task_bytes=50, **kw)
+        same_outputs(tmp_path / "ref", out)
+    parts = [
+        run(tmp_path / f"p{i}", [now], toks, partitions=2, partition_index=i, workers=i * 2,
+            task_bytes=50, **kw).manifest_path
+        for i in range(2)
+    ]  # fmt: skip
+    merge_parts(parts, str(tmp_path / "merged" / "out"))
+    same_outputs(tmp_path / "ref", tmp_path / "merged")
