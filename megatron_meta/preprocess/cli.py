@@ -45,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--tokenizer-type", required=True, choices=sorted(TOKENIZER_TYPES))
     g.add_argument("--tokenizer-model", required=True, help="model file or directory")
     g.add_argument(
-        "--workers", type=int, default=1, help="encoding processes (0: encode in the main process)"
+        "--workers", type=int, default=1,
+        help="processes that read, encode and write pieces of the input (0: all in the main process)",
     )
     g.add_argument(
         "--partitions",
