@@ -1,4 +1,4 @@
-"""Encoding worker processes: started first, configured later, results in submission order.
+"""Worker processes: started first, configured later, results in submission order.
 
 The pool is forked at the very start of a run, before megatron-core (and torch) are imported by
 the tokenizer, so each worker is a small process that starts in milliseconds. Its configuration
