@@ -33,6 +33,7 @@ setup(
         "tokenizers",
         "psutil",  # megatron-core's checkpoint writer uses it without declaring it
         "tqdm",
+        "pyarrow",  # Parquet and datasets (save_to_disk) corpora
         "pyyaml",
         "tensorboard",
         "matplotlib",
@@ -41,7 +42,7 @@ setup(
         "gpu": ["transformer-engine[pytorch]"],
         # Hugging Face interop, LoRA and the harness: versions tried together (FACTS section 4).
         "hf": HF,
-        "dev": ["pytest", "tiktoken"] + HF,
+        "dev": ["pytest", "tiktoken", "datasets"] + HF,  # datasets: tests write save_to_disk folders
     },
     entry_points={"console_scripts": ["megatron-meta=megatron_meta.cli:main"]},
 )

@@ -67,6 +67,7 @@ class Manifest:
     split_by: str = "none"
     url_form: str = "full"
     append_eod: bool = True
+    # A BOS token before every document (--prepend-bos; the paper's protocol, used without EOD).
     prepend_bos: bool = False
     # One sequence per sentence (shards named *_text_sentence); GPTDataset would treat each
     # sentence as a document, so GPT training should use shards written without it.
@@ -158,6 +159,7 @@ def load_manifest(path: str) -> Manifest:
         split_by=raw.get("split_by", "none"),
         url_form=raw.get("url_form", "full"),
         append_eod=raw.get("append_eod", True),
+        prepend_bos=raw.get("prepend_bos", False),
         split_sentences=raw.get("split_sentences", False),
         partition=raw.get("partition"),
         format_version=version,

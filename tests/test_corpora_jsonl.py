@@ -167,8 +167,9 @@ def test_auto_detection(tmp_path):
     assert detect_format(["/cache/News100.zip"]) == "news-articles"
     with pytest.raises(ConfigError, match="mixes formats"):
         detect_format(["a.jsonl", "24-01-text.zip"])
+    assert detect_format(["a.parquet", "b.parquet"]) == "parquet"
     with pytest.raises(ConfigError, match="--input-format"):
-        detect_format(["corpus.parquet"])
+        detect_format(["corpus.xml"])
 
 
 def test_iter_documents_jsonl_with_continent_map_and_countries(tmp_path):

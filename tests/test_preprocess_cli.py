@@ -197,16 +197,17 @@ def test_failure_mid_run_leaves_nothing_complete(
 
     corpus = write_jsonl(str(tmp_path / "news.jsonl"), docs)
     (tmp_path / "out.manifest.json").write_text("{}")  # stale manifest of an earlier run survives
-    original = writer.ShardWriter.add
+    # The main process joins the workers' pieces of the shards; it fails at the third piece.
+    original = writer.ShardWriter.append_shard
     calls = []
 
-    def add_then_fail(self, encoded):
+    def add_then_fail(self, *args):
         calls.append(1)
         if len(calls) == 3:
             raise error("simulated crash")
-        original(self, encoded)
+        original(self, *args)
 
-    monkeypatch.setattr(writer.ShardWriter, "add", add_then_fail)
+    monkeypatch.setattr(writer.ShardWriter, "append_shard", add_then_fail)
     args = _args(
         corpus,
         tmp_path / "out",

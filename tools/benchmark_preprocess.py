@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Preprocessing benchmark: ours vs the upstream Megatron-LM approach vs the tokenizer alone.
+"""Preprocessing benchmark: ours vs the tokenizer library's own threaded bound and the tokenizer alone.
 
 ``python tools/benchmark_preprocess.py [--quick]``; see ``megatron_meta/preprocess/benchmark.py``.
 """

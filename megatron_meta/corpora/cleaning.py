@@ -16,7 +16,10 @@ Modes:
 Only the body text is cleaned; titles are left as their source gives them (as the authors did).
 Duplicate document ids (the first one kept) are dropped in every mode and counted as
 ``duplicate_id`` beside the other skipped records: the same article twice would be trained on
-twice, or land in both a test set and the training data.
+twice, or land in both a test set and the training data. This holds for the corpora read whole
+by the main process (NOW, the embedded news corpus: ``registry.DEDUPLICATED_FORMATS``); JSONL,
+Parquet and ``datasets`` inputs are read in ranges by the workers, which clean each document
+(:func:`clean_document`) but cannot see ids outside their range, so their ids are kept as given.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import dataclasses
 import html
 import logging
 import re
-from typing import Iterable, Iterator, Set
+from typing import Iterable, Iterator, Optional, Set
 
 from megatron_meta.corpora.bad_records import BadRecords
 from megatron_meta.corpora.records import Document
@@ -70,22 +73,32 @@ class Cleaning:
     """``--clean-text``: html, one-line or off."""
 
 
-def clean_documents(docs: Iterable[Document], cleaning: Cleaning, bad: BadRecords) -> Iterator[Document]:
-    """``docs`` with their text cleaned and repeated ids left out (counted as ``duplicate_id``);
-    a text that cleaning empties is a ``missing_text`` bad record."""
+def clean_document(doc: Document, cleaning: Cleaning, bad: BadRecords) -> Optional[Document]:
+    """``doc`` with its text cleaned; None (a ``missing_text`` bad record) when nothing is left."""
+    text = clean_text(doc.text, cleaning.mode)
+    if not text:
+        bad.report("missing_text", f"document {doc.id}", "no text left after --clean-text")
+        return None
+    return doc if text == doc.text else dataclasses.replace(doc, text=text)
+
+
+def clean_documents(
+    docs: Iterable[Document], cleaning: Cleaning, bad: BadRecords, drop_duplicate_ids: bool = True
+) -> Iterator[Document]:
+    """``docs`` with their text cleaned and, with ``drop_duplicate_ids``, repeated ids left out
+    (counted as ``duplicate_id``); a text that cleaning empties is a ``missing_text`` bad record."""
     seen: Set[str] = set()
     duplicates = 0
     try:
         for doc in docs:
-            if doc.id in seen:
-                duplicates += 1
-                continue
-            seen.add(doc.id)
-            text = clean_text(doc.text, cleaning.mode)
-            if not text:
-                bad.report("missing_text", f"document {doc.id}", "no text left after --clean-text")
-                continue
-            yield doc if text == doc.text else dataclasses.replace(doc, text=text)
+            if drop_duplicate_ids:
+                if doc.id in seen:
+                    duplicates += 1
+                    continue
+                seen.add(doc.id)
+            cleaned = clean_document(doc, cleaning, bad)
+            if cleaned is not None:
+                yield cleaned
     finally:
         if duplicates:
             logger.info("left out %d documents whose id was seen before (duplicate_id)", duplicates)

@@ -130,30 +130,60 @@ def read_jsonl(
     """Stream documents from JSONL files (plain or ``.gz``) in the order given."""
     for path in paths:
         logger.info("reading %s", path)
-        name = path.rsplit("/", 1)[-1]
-        with open_binary(path) as f:
-            lineno = 0
-            try:
-                # Iterating the file, not calling readline(), saves a method call per record.
-                for line in f:
-                    lineno += 1
-                    if not line.strip():
-                        continue
-                    where = f"{path}:{lineno}"
-                    try:
-                        decoded = line.decode("utf-8")
-                    except UnicodeDecodeError as e:
-                        bad.report("invalid_utf8", where, f"invalid UTF-8 at byte {e.start}")
-                        continue
-                    try:
-                        obj = _decode_json(decoded)
-                    except json.JSONDecodeError as e:
-                        bad.report(
-                            "malformed_json", where, f"malformed JSON: {e.msg} (column {e.colno})"
-                        )
-                        continue
-                    doc = record_to_document(obj, where, f"{name}:{lineno}", keys, regions, bad)
-                    if doc is not None:
-                        yield doc
-            except (OSError, EOFError) as e:  # truncated or corrupt gzip (nothing else does I/O)
-                raise DataError(f"{path}:{lineno + 1}: cannot read: {e}") from e
+        yield from read_jsonl_range(path, keys, regions, bad)
+
+
+def read_jsonl_range(
+    path: str,
+    keys: JsonKeys,
+    regions: RegionTable,
+    bad: BadRecords,
+    start: int = 0,
+    end: Optional[int] = None,
+    first_line: int = 1,
+) -> Iterator[Document]:
+    """Documents of the lines in bytes ``[start, end)`` of ``path`` (``end`` None: to the end).
+
+    ``start`` must be a line start and ``first_line`` its line number (1-based), so locations and
+    default ids are those of a whole-file read; a ``.gz`` file is only read whole.
+    """
+    logger.debug("reading %s [%d, %s)", path, start, end)
+    name = path.rsplit("/", 1)[-1]
+    with open_binary(path) as f:
+        lineno = first_line - 1
+        try:
+            if start:
+                f.seek(start)
+            # Iterating the file, not calling readline(), saves a method call per record.
+            lines = f if end is None else _lines_until(f, end - start)
+            for line in lines:
+                lineno += 1
+                if not line.strip():
+                    continue
+                where = f"{path}:{lineno}"
+                try:
+                    decoded = line.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    bad.report("invalid_utf8", where, f"invalid UTF-8 at byte {e.start}")
+                    continue
+                try:
+                    obj = _decode_json(decoded)
+                except json.JSONDecodeError as e:
+                    bad.report(
+                        "malformed_json", where, f"malformed JSON: {e.msg} (column {e.colno})"
+                    )
+                    continue
+                doc = record_to_document(obj, where, f"{name}:{lineno}", keys, regions, bad)
+                if doc is not None:
+                    yield doc
+        except (OSError, EOFError) as e:  # truncated or corrupt gzip (nothing else does I/O)
+            raise DataError(f"{path}:{lineno + 1}: cannot read: {e}") from e
+
+
+def _lines_until(f: IO[bytes], size: int) -> Iterator[bytes]:
+    """The lines of the next ``size`` bytes of ``f`` (which end at a line end)."""
+    for line in f:
+        yield line
+        size -= len(line)
+        if size <= 0:
+            return

@@ -5,6 +5,8 @@
 - ``news-articles`` (the word itself) or a file named ``NewsArticles.zip``/``News100.zip``
   -> the embedded news corpus (FACTS section 3);
 - ``*.jsonl``, ``*.json``, ``*.jsonl.gz``, ``*.json.gz`` -> JSONL;
+- ``*.parquet`` -> Parquet; a ``datasets`` ``save_to_disk`` folder -> its arrow files
+  (:mod:`~megatron_meta.corpora.columnar`; same keys and bad-record rules as JSONL);
 - a folder, a ``.zip`` or a ``.txt`` file -> the NOW corpus (sources + text files).
 """
 
@@ -19,6 +21,7 @@ from typing import Iterator, List, Optional, Set
 from megatron_meta.corpora.bad_records import BadRecords
 from megatron_meta.corpora.cleaning import MODES as CLEAN_MODES
 from megatron_meta.corpora.cleaning import Cleaning, clean_documents
+from megatron_meta.corpora.columnar import is_datasets_folder
 from megatron_meta.corpora.jsonl import JsonKeys, read_jsonl
 from megatron_meta.corpora.records import Document
 from megatron_meta.errors import ConfigError
@@ -27,7 +30,7 @@ from megatron_meta.protocol import OURS, PAPER, PROTOCOLS
 
 logger = logging.getLogger(__name__)
 
-FORMATS = ("auto", "jsonl", "now", "news-articles")
+FORMATS = ("auto", "jsonl", "parquet", "datasets", "now", "news-articles")
 NEWS_ARTICLES = "news-articles"
 _NEWS_ZIPS = ("newsarticles.zip", "news100.zip")
 _JSONL_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz")
@@ -70,12 +73,16 @@ def detect_format(inputs: List[str]) -> str:
             found.add("news-articles")
         elif lower.endswith(_JSONL_SUFFIXES):
             found.add("jsonl")
+        elif lower.endswith(".parquet"):
+            found.add("parquet")
+        elif os.path.isdir(path) and is_datasets_folder(path):
+            found.add("datasets")
         elif os.path.isdir(path) or lower.endswith((".zip", ".txt")):
             found.add("now")
         else:
             raise ConfigError(
                 f"--input {path}: cannot tell its format; pass --input-format "
-                "jsonl|now|news-articles"
+                "jsonl|parquet|datasets|now|news-articles"
             )
     if len(found) > 1:
         raise ConfigError(
@@ -84,16 +91,30 @@ def detect_format(inputs: List[str]) -> str:
     return found.pop()
 
 
-def iter_documents(spec: CorpusSpec, bad: BadRecords) -> Iterator[Document]:
-    """Stream the corpus's documents, cleaned (``spec.cleaning``), each id once, only
-    ``spec.countries``; bad and dropped records are counted in ``bad``."""
-    return clean_documents(_read(spec, bad), spec.cleaning, bad)
-
-
-def _read(spec: CorpusSpec, bad: BadRecords) -> Iterator[Document]:
+def resolve_format(spec: CorpusSpec) -> str:
+    """The reader ``spec`` asks for (``auto`` resolved)."""
     fmt = spec.format if spec.format != "auto" else detect_format(spec.inputs)
     if fmt not in FORMATS:
         raise ConfigError(f"--input-format: {fmt!r} is not one of {', '.join(FORMATS)}")
+    return fmt
+
+
+# Formats read whole by the main process: their ids are the corpus's own (NOW text ids, the
+# embedded corpus's article ids), so a repeated id is a repeated article and is dropped. The
+# record formats (JSONL, Parquet, datasets) are read in ranges by the workers; their ids default
+# to file:line, and dropping repeats there would need a corpus-wide pass (see clean_documents).
+DEDUPLICATED_FORMATS = ("now", "news-articles")
+
+
+def iter_documents(spec: CorpusSpec, bad: BadRecords) -> Iterator[Document]:
+    """Stream the corpus's documents, cleaned (``spec.cleaning``), only ``spec.countries``,
+    each id once for :data:`DEDUPLICATED_FORMATS`; bad and dropped records are counted in ``bad``."""
+    dedupe = resolve_format(spec) in DEDUPLICATED_FORMATS
+    return clean_documents(_read(spec, bad), spec.cleaning, bad, drop_duplicate_ids=dedupe)
+
+
+def _read(spec: CorpusSpec, bad: BadRecords) -> Iterator[Document]:
+    fmt = resolve_format(spec)
     regions = spec.regions()
     logger.info("reading %d input(s) as %s", len(spec.inputs), fmt)
     if fmt == "now":
@@ -105,6 +126,18 @@ def _read(spec: CorpusSpec, bad: BadRecords) -> Iterator[Document]:
         return
     if fmt == "jsonl":
         docs = read_jsonl(spec.inputs, spec.keys, regions, bad)
+    elif fmt in ("parquet", "datasets"):
+        from megatron_meta.corpora import columnar
+
+        def columns() -> Iterator[Document]:
+            for path in spec.inputs:
+                if fmt == "parquet":
+                    yield from columnar.read_parquet(path, spec.keys, regions, bad)
+                else:
+                    for arrow in columnar.datasets_arrow_files(path):
+                        yield from columnar.read_arrow(arrow, spec.keys, regions, bad)
+
+        docs = columns()
     else:
         from megatron_meta.corpora.news_articles import fetch_news_articles, read_news_articles
 
@@ -139,7 +172,8 @@ def add_corpus_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("input corpus")
     g.add_argument(
         "--input", nargs="+", required=True,
-        help="JSONL files (.gz ok), NOW folders/zips/files, or 'news-articles' (the embedded corpus)",
+        help="JSONL files (.gz ok), Parquet files, datasets save_to_disk folders, NOW "
+        "folders/zips/files, or 'news-articles' (the embedded corpus)",
     )
     g.add_argument("--input-format", choices=FORMATS, default="auto",
                    help="reader to use (default: auto, from the input names)")
@@ -148,7 +182,8 @@ def add_corpus_arguments(parser: argparse.ArgumentParser) -> None:
         help="JSONL key of the document text, as in Megatron-LM. Megatron accepts several keys; "
         "we index exactly one text key (the formatted document), so give one",
     )
-    g.add_argument("--url-key", default="url", help="JSONL key of the URL ('' if the corpus has none)")
+    g.add_argument("--url-key", default="url",
+                   help="JSONL key (Parquet/datasets column) of the URL ('' if the corpus has none)")
     g.add_argument("--country-key", default="country",
                    help="JSONL key of the country (code such as 'ng' or name such as 'Nigeria')")
     g.add_argument("--continent-key", default="continent",

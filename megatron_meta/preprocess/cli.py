@@ -45,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--tokenizer-type", required=True, choices=sorted(TOKENIZER_TYPES))
     g.add_argument("--tokenizer-model", required=True, help="model file or directory")
     g.add_argument(
-        "--workers", type=int, default=1, help="encoding processes (0: encode in the main process)"
+        "--workers", type=int, default=1,
+        help="processes that read, encode and write pieces of the input (0: all in the main process)",
     )
     g.add_argument(
         "--partitions",
@@ -62,6 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="which part this run writes, 0..N-1 (e.g. $SLURM_ARRAY_TASK_ID)",
     )
     g.add_argument("--append-eod", action="store_true", help="end every document with the EOD id")
+    g.add_argument(
+        "--prepend-bos",
+        action="store_true",
+        help="start every document with the BOS id (the paper's protocol: BOS, no EOD)",
+    )
     g.add_argument(
         "--split-sentences",
         action="store_true",
@@ -146,6 +152,7 @@ def config_from_args(args: argparse.Namespace, argv: List[str]) -> PreprocessCon
         url_form=args.url_form,
         split_by=args.split_by,
         append_eod=args.append_eod,
+        prepend_bos=args.prepend_bos,
         split_sentences=args.split_sentences,
         workers=args.workers,
         holdout=HoldoutConfig(args.holdout_test, args.holdout_valid_fraction, args.seed),

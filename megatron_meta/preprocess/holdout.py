@@ -72,21 +72,18 @@ class HoldoutSelector:
 
     def scan(self, stream: Iterable[Tuple[int, Optional[str], str]]) -> None:
         """First pass over ``(position, region, doc_id)``: choose the test documents."""
-        n = self.config.test_per_region
-        if n <= 0:
+        if self.config.test_per_region <= 0:
             return
-        # Max-heap (negated) of the n smallest (key, position) pairs per region.
-        heaps: Dict[Optional[str], List[Tuple[int, int]]] = {}
-        counts: Dict[Optional[str], int] = {}
+        heaps = TestHeaps(self.config)
         for position, region, doc_id in stream:
-            counts[region] = counts.get(region, 0) + 1
-            entry = (-document_key(self.config.seed, "test", doc_id), -position)
-            heap = heaps.setdefault(region, [])
-            if len(heap) < n:
-                heapq.heappush(heap, entry)
-            elif entry > heap[0]:
-                heapq.heapreplace(heap, entry)
-        self.region_counts = counts
+            heaps.add(position, region, doc_id)
+        self.choose(heaps)
+
+    def choose(self, heaps: "TestHeaps") -> None:
+        """Take the test documents from a finished :class:`TestHeaps`."""
+        n = self.config.test_per_region
+        counts = heaps.counts
+        self.region_counts = dict(counts)
         small = {r: c for r, c in counts.items() if c <= n}
         if small:
             listed = ", ".join(f"{r or 'all'}: {c}" for r, c in sorted(small.items(), key=str))
@@ -94,16 +91,63 @@ class HoldoutSelector:
                 f"--holdout-test {n} leaves no training documents in region(s) {listed}; "
                 "lower --holdout-test or drop those regions (--countries)"
             )
-        self._test = {-pos for heap in heaps.values() for _, pos in heap}
-        logger.info("held out %d test documents per region (%d regions)", n, len(heaps))
+        self._test = {pos for entries in heaps.entries().values() for _, pos in entries}
+        logger.info("held out %d test documents per region (%d regions)", n, len(counts))
+
+    @property
+    def test_positions(self) -> Set[int]:
+        return self._test
+
+    def is_valid(self, doc_id: str) -> bool:
+        """Whether a document that is not a test document goes to the validation split."""
+        return bool(self._valid_below) and (
+            document_key(self.config.seed, "valid", doc_id) < self._valid_below
+        )
 
     def assign(self, position: int, doc_id: str) -> Optional[str]:
         """The split of the document at ``position`` of the stream (same order as :meth:`scan`)."""
         if position in self._test:
             return "test"
-        if (
-            self._valid_below
-            and document_key(self.config.seed, "valid", doc_id) < self._valid_below
-        ):
-            return "valid"
-        return None
+        return "valid" if self.is_valid(doc_id) else None
+
+
+class TestHeaps:
+    """The ``--holdout-test`` smallest ``(key, position)`` pairs per region, and region sizes.
+
+    Ties (duplicate ids) are broken by position. Heaps of pieces of the corpus combine with
+    :meth:`update` (positions made global first), so a pass may run in several processes.
+    """
+
+    def __init__(self, config: HoldoutConfig) -> None:
+        self.n = config.test_per_region
+        self.seed = config.seed
+        # Max-heap (negated) of the n smallest (key, position) pairs per region.
+        self._heaps: Dict[Optional[str], List[Tuple[int, int]]] = {}
+        self.counts: Dict[Optional[str], int] = {}
+
+    def add(self, position: int, region: Optional[str], doc_id: str) -> None:
+        self.counts[region] = self.counts.get(region, 0) + 1
+        if self.n > 0:
+            self._push(region, document_key(self.seed, "test", doc_id), position)
+
+    def _push(self, region: Optional[str], key: int, position: int) -> None:
+        if self.n <= 0:
+            return
+        entry = (-key, -position)
+        heap = self._heaps.setdefault(region, [])
+        if len(heap) < self.n:
+            heapq.heappush(heap, entry)
+        elif entry > heap[0]:
+            heapq.heapreplace(heap, entry)
+
+    def entries(self) -> Dict[Optional[str], List[Tuple[int, int]]]:
+        """``{region: [(key, position), ...]}``."""
+        return {r: [(-k, -p) for k, p in heap] for r, heap in self._heaps.items()}
+
+    def update(self, other: "TestHeaps", offset: int) -> None:
+        """Add the heaps of a later piece whose positions start at ``offset``."""
+        for region, count in other.counts.items():
+            self.counts[region] = self.counts.get(region, 0) + count
+        for region, entries in other.entries().items():
+            for key, position in entries:
+                self._push(region, key, position + offset)

@@ -7,9 +7,11 @@
         parts/p2.manifest.json --output-prefix data/news
 
 Parts are contiguous ranges of the corpus (:mod:`~megatron_meta.preprocess.partition`), so joining
-them in part order gives byte for byte what one run over the corpus writes: each shard through
-megatron-core's ``IndexedDatasetBuilder.add_index``, the metadata-token sidecars and held-out JSONL
-concatenated, skipped-record counts added, and one manifest listing it all. The parts may be given
+them in part order gives byte for byte what one run over the corpus writes: each shard appended
+with :meth:`~megatron_meta.preprocess.writer.ShardWriter.append_shard` (the join the workers'
+pieces go through: index arrays read through a memory map in blocks, so memory stays flat however
+many documents the parts hold), the held-out JSONL concatenated, skipped-record counts added, and
+one manifest listing it all. The parts may be given
 in any order. Refused, with the difference named: parts of different runs (tokenizer, variants,
 region split, URL form, EOD, sentences, seed, held-out settings, inputs or partition count), a
 missing or repeated part, and a part whose files are missing.
@@ -25,8 +27,6 @@ import shutil
 import sys
 from typing import Dict, List, Optional, Tuple
 
-import numpy as np
-
 from megatron_meta.errors import ConfigError, DataError
 from megatron_meta.manifest import (
     HoldoutEntry,
@@ -36,7 +36,7 @@ from megatron_meta.manifest import (
     write_manifest,
 )
 from megatron_meta.preprocess.runner import holdout_path, shard_prefix
-from megatron_meta.preprocess.writer import SIDECAR_SUFFIX, token_dtype
+from megatron_meta.preprocess.writer import ShardWriter, token_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +50,7 @@ _SAME = (
     ("--split-by", lambda m: m.split_by),
     ("--url-form", lambda m: m.url_form),
     ("--append-eod", lambda m: m.append_eod),
+    ("--prepend-bos", lambda m: m.prepend_bos),
     ("--split-sentences", lambda m: m.split_sentences),
     ("--seed", lambda m: m.partition["seed"]),
     ("--holdout-test", lambda m: m.partition["holdout_test"]),
@@ -101,8 +102,6 @@ def merge_parts(
     manifest_paths: List[str], output_prefix: str, command: Optional[List[str]] = None
 ) -> Manifest:
     """Join parts into one output set at ``output_prefix``; returns the written manifest."""
-    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
-
     parts = check_parts([load_manifest(p) for p in manifest_paths])
     first = parts[0]
     variants: List[str] = first.partition["variants"]
@@ -118,6 +117,7 @@ def merge_parts(
     os.makedirs(out_dir, exist_ok=True)
     manifest_path = output_prefix + ".manifest.json"
     renames: List[Tuple[str, str]] = []
+    writers: List[ShardWriter] = []
     try:
         merged_shards = []
         order = {v: i for i, v in enumerate(variants)}
@@ -127,17 +127,12 @@ def merge_parts(
             prefix = os.path.abspath(
                 shard_prefix(output_prefix, variant, region, first.split_sentences)
             )
-            builder = IndexedDatasetBuilder(_tmp(prefix + ".bin"), dtype=dtype.type)
-            renames.append((_tmp(prefix + ".bin"), prefix + ".bin"))
+            writer = ShardWriter(prefix, dtype)
+            writers.append(writer)
             for e in entries:
-                builder.add_index(e.prefix)
-            renames.append((_tmp(prefix + ".idx"), prefix + ".idx"))
-            builder.finalize(_tmp(prefix + ".idx"))
-            sidecar = prefix + SIDECAR_SUFFIX
-            renames.append((_tmp(sidecar), sidecar))
-            counts = np.concatenate([np.load(e.metadata_tokens) for e in entries])
-            with open(_tmp(sidecar), "wb") as f:
-                np.save(f, counts.astype(np.int32, copy=False))
+                writer.append_shard(e.prefix, e.metadata_tokens)
+            renames.extend(writer.finalize())
+            sidecar = writer.sidecar
             merged_shards.append(
                 ShardEntry(
                     prefix=prefix,
@@ -175,6 +170,7 @@ def merge_parts(
             split_by=first.split_by,
             url_form=first.url_form,
             append_eod=first.append_eod,
+            prepend_bos=first.prepend_bos,
             split_sentences=first.split_sentences,
         )
         if not merged_shards:
@@ -185,6 +181,9 @@ def merge_parts(
             os.replace(tmp, final)
         write_manifest(manifest, manifest_path)
     except BaseException:
+        for writer in writers:
+            writer.close()
+            renames.extend((tmp, "") for tmp in writer.temp_paths())
         for tmp, _ in renames:
             if os.path.exists(tmp):
                 os.remove(tmp)

@@ -5,12 +5,13 @@ part outputs concatenated in part order are byte for byte the one-run outputs
 (:mod:`~megatron_meta.preprocess.merge`). With ``D`` documents, part ``I`` holds positions
 ``[I*D//N, (I+1)*D//N)``. ``D`` comes from a first pass that only reads (the same pass picks the
 ``--holdout-test`` documents, which needs every id anyway), so the held-out selection is the
-one-run selection whatever ``N`` is. The second pass reads up to the end of the part and encodes
-only the part.
+one-run selection whatever ``N`` is. The second pass encodes only the part: with read tasks
+(:mod:`~megatron_meta.preprocess.dispatch`) the workers count each task's documents in the first
+pass and the second reads only the tasks that overlap the part; otherwise (NOW) this module's
+:meth:`Part.select` reads up to the end of the part.
 
-Each part reads the input up to its end once and the whole input once more: reading is about 2%
-of the encoding's CPU time (``benchmarks/preprocess.md``), so this costs little below a few dozen
-parts. Start-up decisions (batch encoder and shared body, punkt parameters) use the corpus's first
+Reading is a few percent of the encoding's CPU time (``benchmarks/preprocess.md``), so the first
+pass costs little below a few dozen parts. Start-up decisions (batch encoder and shared body, punkt parameters) use the corpus's first
 documents, the same for every part.
 
 Skipped records: a bad record belongs to the part of the next good document (the last part takes

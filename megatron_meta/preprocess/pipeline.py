@@ -1,7 +1,7 @@
 """Encoding a chunk of documents into token arrays for every metadata variant (worker side).
 
-A worker receives a list of documents of one region and returns, per variant, one flat token array
-plus the sequence lengths and metadata-token counts, so the main process only appends bytes.
+A worker encodes a chunk of documents of one region into, per variant, one flat token array plus
+the sequence lengths and metadata-token counts, which it appends to its piece of the shard.
 
 Two ways to build the ids of ``format_document(doc, variant)``:
 
@@ -11,7 +11,8 @@ Two ways to build the ids of ``format_document(doc, variant)``:
 * whole-text otherwise: all variants' full texts of a chunk are tokenized, one batch call each.
 
 The metadata-token count of a document is the number of tokens before the body (the ``TITLE:``
-token, or ``CONTENT:`` for an untitled document).
+token, or ``CONTENT:`` for an untitled document); with ``--prepend-bos`` the BOS token is one of
+them (it comes before the metadata block).
 """
 
 from __future__ import annotations
@@ -61,6 +62,10 @@ class EncoderConfig:
     """Punkt parameters for ``--split-sentences``; None writes one sequence a document."""
     eod_id: int = -1
     """The tokenizer's end-of-document id (used with ``append_eod``)."""
+    prepend_bos: bool = False
+    """Put the tokenizer's BOS id before each document (the paper's protocol: BOS, no EOS)."""
+    bos_id: int = -1
+    """The tokenizer's BOS id (used with ``prepend_bos``)."""
     library: Optional[LibraryEncoder] = None
     """Batch encoder on the tokenizer library, checked against megatron-core's ``tokenize`` at
     start-up; None encodes text by text through megatron-core (loaded in each worker)."""
@@ -105,6 +110,7 @@ class DocumentEncoder:
             self._decode = functools.partial(decode, tokenizer)
         self.dtype = np.dtype(config.dtype)
         self._eod = np.asarray([config.eod_id] if config.append_eod else [], dtype=np.int32)
+        self._bos = np.asarray([config.bos_id], dtype=np.int32) if config.prepend_bos else None
         self._pieces = (
             PieceEncoder(config.shared_body, self.encode_batch, config.url_form)
             if config.shared_body
@@ -145,8 +151,13 @@ class DocumentEncoder:
         first = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
         meta = np.fromiter((len(p) for p in prefixes), dtype=np.int32, count=len(prefixes))
         eod = len(self._eod)
+        bos = self._bos
+        if bos is not None:  # BOS opens the document, before its metadata block
+            meta += 1
         for d, start in enumerate(first):
             end = start + counts[d]
+            if bos is not None:
+                parts.append(bos)
             parts.append(prefixes[d])
             parts.extend(seq_ids[start:end])
             if eod:
@@ -258,25 +269,3 @@ class DocumentEncoder:
             else:
                 hi = mid - 1
         return lo
-
-
-# -- worker process glue ----------------------------------------------------------------------
-# One encoder per worker process, built by the pool initializer (the usual Pool pattern).
-_WORKER: Optional[DocumentEncoder] = None
-
-
-def init_worker_from_queue(configs) -> None:
-    """Pool initializer: wait for this worker's :class:`EncoderConfig` on ``configs``."""
-    import signal
-
-    # Ctrl-C is handled by the main process, which terminates the pool and removes temp files.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    global _WORKER
-    _WORKER = DocumentEncoder(configs.get())
-
-
-def encode_chunk(task):
-    """Pool task: ``(key, document field tuples)`` -> ``(key, {variant: EncodedVariant})``."""
-    key, rows = task
-    assert _WORKER is not None, "init_worker was not called"
-    return key, _WORKER.encode([Document(*row) for row in rows])

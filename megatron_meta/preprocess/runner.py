@@ -1,10 +1,12 @@
-"""One preprocessing run: read -> hold out -> encode in workers -> write shards -> manifest.
+"""One preprocessing run: start-up checks -> jobs in workers -> join pieces -> finalize.
 
-The main process streams documents from the corpus reader, routes held-out ones to JSONL, groups
-the rest per region into chunks (about ``chunk_bytes`` of text each) and hands chunks to worker
-processes (:mod:`~megatron_meta.preprocess.workers`), a bounded number in flight, so memory stays
-flat whatever the corpus size. Results are written in submission order, which is fixed by the
-input alone: the same input gives byte-identical shards with any number of workers.
+The main process decides how to encode (:mod:`~megatron_meta.preprocess.sharing`, on the corpus's
+first documents), cuts the input into jobs and hands them to worker processes, a bounded number in
+flight (:mod:`~megatron_meta.preprocess.dispatch`). Each worker reads its piece of the input,
+routes held-out documents, encodes every variant and writes its own piece of every output file
+(:mod:`~megatron_meta.preprocess.tasks`); the main process appends the pieces in job order, which
+is corpus order: the same input gives byte-identical outputs with any number of workers, however
+it is cut. :meth:`OutputSet.commit` is the one finalize step (renames, then the manifest).
 """
 
 from __future__ import annotations
@@ -31,10 +33,13 @@ from megatron_meta.manifest import (
     write_manifest,
 )
 from megatron_meta.preprocess.partition import Part, fingerprint, inputs_record
-from megatron_meta.preprocess.pipeline import DocumentEncoder, EncoderConfig
+from megatron_meta.corpora.ranges import plan_tasks
+from megatron_meta.preprocess.dispatch import Dispatcher, stream_jobs, task_jobs
+from megatron_meta.preprocess.pipeline import EncoderConfig
 from megatron_meta.preprocess.progress import Progress
 from megatron_meta.tokenizer.load import special_tokens
 from megatron_meta.preprocess.sharing import choose_shared_body, sample_documents
+from megatron_meta.preprocess.tasks import JobRunner, JobSettings, region_of
 from megatron_meta.preprocess.workers import WorkerPool
 from megatron_meta.preprocess.writer import OutputSet, token_dtype
 
@@ -74,8 +79,13 @@ class PreprocessConfig:
     log_interval: int = 10000
     """``--log-interval``: log progress every this many documents."""
     chunk_bytes: int = 1 << 19
-    """Text bytes per worker task: large enough to amortize inter-process overhead, small
-    enough that the last tasks leave little idle time."""
+    """Text bytes per library call batch inside a worker (a chunk of one region)."""
+    task_bytes: int = 0
+    """Input bytes per job; 0: about a quarter of the input's share per worker, between 1 and
+    64 MB, so the last jobs leave little idle time. Any value gives the same outputs."""
+    prepend_bos: bool = False
+    """``--prepend-bos``: a BOS token before every document (the paper's protocol, with
+    ``--append-eod`` off)."""
     shared_body: str = "auto"
     """``auto`` (when proven and checked) or ``off`` (always encode each full text)."""
     partitions: int = 1
@@ -98,14 +108,8 @@ class PreprocessResult:
     text_bytes: int
     seconds: float
     shared_body: bool
-
-
-def region_of(doc: Document, split_by: str) -> Optional[str]:
-    if split_by == "continent":
-        return doc.continent
-    if split_by == "country":
-        return doc.country
-    return None
+    job_cpu: float = 0.0
+    """Main-process CPU seconds while the jobs ran (start-up excluded): its cost per MB."""
 
 
 def shard_prefix(output_prefix: str, variant: str, region: Optional[str], sentences: bool) -> str:
@@ -145,26 +149,35 @@ def _run(config: PreprocessConfig, pool: Optional[WorkerPool]) -> PreprocessResu
         raise ConfigError(
             f"--append-eod: tokenizer {config.tokenizer_model} has no end-of-document token"
         )
+    bos = special_tokens(tokenizer).get("bos_id")
+    if config.prepend_bos and bos is None:
+        raise ConfigError(
+            f"--prepend-bos: tokenizer {config.tokenizer_model} has no BOS token; leave the flag off"
+        )
     dtype = token_dtype(tokenizer.vocab_size)
     bad = BadRecords(config.on_bad_record)
-
     selector = HoldoutSelector(config.holdout)
     part = Part(config.partition_index, config.partitions) if config.partitions > 1 else None
-    if config.holdout.test_per_region > 0 or part is not None:
-        total = _first_pass(config, selector)
-        if part is not None:
-            part.total = total
-            lo, hi = part.bounds
-            logger.info("part %d of %d: documents [%d, %d) of %d", part.index, part.count, lo, hi, total)
+    needs_positions = config.holdout.test_per_region > 0 or part is not None
+    tasks = plan_tasks(config.corpus, _task_bytes(config))
 
-    if part is None:
-        sample, stream = sample_documents(iter_documents(config.corpus, bad), config.split_sentences)
-        positioned: Iterator[Tuple[int, Document]] = enumerate(stream)
-    else:
-        # Every part decides from the corpus's first documents; its own pass starts afresh.
-        quiet = BadRecords(config.on_bad_record, log_first=0)
+    positioned: Optional[Iterator[Tuple[int, Document]]] = None
+    quiet = BadRecords(config.on_bad_record, log_first=0)  # reported again where it is read
+    if tasks is not None:
         sample, _ = sample_documents(iter_documents(config.corpus, quiet), config.split_sentences)
-        positioned = part.select(iter_documents(config.corpus, bad), bad)
+    else:
+        if needs_positions:
+            total = _first_pass(config, selector)
+            if part is not None:
+                part.total = total
+                _log_part(part)
+        if part is None:
+            sample, stream = sample_documents(iter_documents(config.corpus, bad), config.split_sentences)
+            positioned = enumerate(stream)
+        else:
+            # Every part decides from the corpus's first documents; its own pass starts afresh.
+            sample, _ = sample_documents(iter_documents(config.corpus, quiet), config.split_sentences)
+            positioned = part.select(iter_documents(config.corpus, bad), bad)
     punkt = None
     if config.split_sentences:
         from megatron_meta.preprocess.sentences import train_punkt
@@ -179,20 +192,55 @@ def _run(config: PreprocessConfig, pool: Optional[WorkerPool]) -> PreprocessResu
         dtype=dtype.name,
         punkt_params=punkt,
         eod_id=int(tokenizer.eod) if tokenizer.eod is not None else -1,
+        prepend_bos=config.prepend_bos,
+        bos_id=int(bos) if bos is not None else -1,
     )
     enc_config.shared_body, enc_config.library = choose_shared_body(
         tokenizer, enc_config, sample, allow=config.shared_body == "auto"
     )
-    if pool is not None:
-        pool.configure(enc_config)
     outputs = OutputSet(config.output_prefix + ".manifest.json")
     try:
-        counts = _encode_and_write(
-            config, enc_config, tokenizer, positioned, selector, outputs, pool
+        settings = JobSettings(
+            corpus=config.corpus,
+            split_by=config.split_by,
+            holdout=config.holdout,
+            on_bad_record=config.on_bad_record,
+            chunk_bytes=config.chunk_bytes,
+            pieces_dir=outputs.pieces_dir(),
         )
-        manifest = _build_manifest(config, tokenizer, outputs, bad, part)
+        if pool is not None:
+            pool.configure(enc_config, settings)
+        dispatcher = Dispatcher(
+            pool, None if pool is not None else JobRunner(enc_config, settings, tokenizer)
+        )
+        if tasks is not None:
+            doc_counts = dispatcher.scan(tasks, selector) if needs_positions else None
+            if part is not None:
+                part.total = sum(doc_counts)
+                _log_part(part)
+            jobs = task_jobs(tasks, doc_counts, selector, part)
+        else:
+            jobs = stream_jobs(positioned, selector, _task_bytes(config))
+        progress = Progress(config.log_interval, enabled=config.progress_bar)
+        start, cpu = time.perf_counter(), time.process_time()
+        counts = dispatcher.run(
+            jobs,
+            outputs,
+            lambda v, r: shard_prefix(config.output_prefix, v, r, config.split_sentences),
+            lambda split, r: holdout_path(config.output_prefix, split, r),
+            dtype,
+            progress,
+        )
+        progress.close(counts["documents"], counts["text_bytes"])
+        counts["seconds"] = time.perf_counter() - start
+        counts["job_cpu"] = time.process_time() - cpu
+        skipped = collections.Counter(counts["skipped"])
+        skipped.update(bad.summary() if part is None or tasks is not None else part.skipped)
+        manifest = _build_manifest(config, tokenizer, outputs, dict(sorted(skipped.items())), part)
         outputs.commit(lambda: write_manifest(manifest, outputs.manifest_path))
     except BaseException:
+        if pool is not None:
+            pool.stop()  # no worker may still write while its pieces are removed
         outputs.abort()
         raise
     if manifest.skipped:
@@ -207,7 +255,20 @@ def _run(config: PreprocessConfig, pool: Optional[WorkerPool]) -> PreprocessResu
         text_bytes=int(counts["text_bytes"]),
         seconds=counts["seconds"],
         shared_body=bool(enc_config.shared_body),
+        job_cpu=counts["job_cpu"],
     )
+
+
+def _log_part(part: Part) -> None:
+    lo, hi = part.bounds
+    logger.info("part %d of %d: documents [%d, %d) of %d", part.index, part.count, lo, hi, part.total)
+
+
+def _task_bytes(config: PreprocessConfig) -> int:
+    if config.task_bytes > 0:
+        return config.task_bytes
+    size = sum(s or 0 for _, s in inputs_record(config.corpus.inputs))
+    return int(min(64 << 20, max(1 << 20, size / (4 * max(config.workers, 1)))))
 
 
 def _first_pass(config: PreprocessConfig, selector: HoldoutSelector) -> int:
@@ -228,76 +289,10 @@ def _first_pass(config: PreprocessConfig, selector: HoldoutSelector) -> int:
     return total
 
 
-def _chunks(
-    config: PreprocessConfig,
-    positioned: Iterator[Tuple[int, Document]],
-    selector: HoldoutSelector,
-    outputs: OutputSet,
-    counts: Dict[str, float],
-) -> Iterator[Tuple[Optional[str], List[Document]]]:
-    """Route held-out documents to JSONL; yield ``(region, docs)`` chunks of training documents."""
-    pending: Dict[Optional[str], List[Document]] = {}
-    sizes: Dict[Optional[str], int] = collections.defaultdict(int)
-    for position, doc in positioned:
-        region = region_of(doc, config.split_by)
-        split = selector.assign(position, doc.id)
-        if split is not None:
-            path = holdout_path(config.output_prefix, split, region)
-            outputs.holdout((split, region), path).add(doc)
-            counts["held_out"] += 1
-            continue
-        buf = pending.setdefault(region, [])
-        buf.append(doc)
-        text = doc.text
-        # isascii() is O(1) in CPython: most texts skip building a UTF-8 copy just to count it.
-        size = len(text) if text.isascii() else len(text.encode("utf-8"))
-        sizes[region] += size
-        counts["text_bytes"] += size
-        if sizes[region] >= config.chunk_bytes:
-            yield region, pending.pop(region)
-            sizes[region] = 0
-    for region, buf in pending.items():
-        if buf:
-            yield region, buf
-
-
-def _encode_and_write(
-    config: PreprocessConfig,
-    enc_config: EncoderConfig,
-    tokenizer,
-    positioned: Iterator[Tuple[int, Document]],
-    selector: HoldoutSelector,
-    outputs: OutputSet,
-    pool: Optional[WorkerPool],
-) -> Dict[str, float]:
-    counts: Dict[str, float] = collections.defaultdict(int)
-    dtype = token_dtype(tokenizer.vocab_size)
-    progress = Progress(config.log_interval, enabled=config.progress_bar)
-    start = time.perf_counter()
-
-    def write(region: Optional[str], encoded) -> None:
-        for variant in config.variants:
-            prefix = shard_prefix(config.output_prefix, variant, region, config.split_sentences)
-            outputs.shard((variant, region), prefix, dtype).add(encoded[variant])
-        n = len(encoded[config.variants[0]].document_sequences)
-        counts["documents"] += n
-        progress.update(n, counts["text_bytes"])
-
-    chunks = _chunks(config, positioned, selector, outputs, counts)
-    if pool is None:
-        encoder = DocumentEncoder(enc_config, tokenizer)
-        for region, docs in chunks:
-            write(region, encoder.encode(docs))
-    else:
-        pool.run(chunks, write)
-    progress.close(counts["documents"], counts["text_bytes"])
-    counts["seconds"] = time.perf_counter() - start
-    return counts
-
-
 def _build_manifest(
-    config: PreprocessConfig, tokenizer, outputs: OutputSet, bad: BadRecords, part: Optional[Part]
-) -> Manifest:
+    config: PreprocessConfig, tokenizer, outputs: OutputSet, skipped: Dict[str, int],
+    part: Optional[Part],
+) -> Manifest:  # fmt: skip
     order = {v: i for i, v in enumerate(config.variants)}
     shards = [
         ShardEntry(
@@ -344,11 +339,12 @@ def _build_manifest(
         ),
         shards=shards,
         holdout=holdout,
-        skipped=bad.summary() if part is None else part.skipped,
+        skipped=skipped,
         command=list(config.command),
         split_by=config.split_by,
         url_form=config.url_form,
         append_eod=config.append_eod,
+        prepend_bos=config.prepend_bos,
         split_sentences=config.split_sentences,
         partition=partition,
     )

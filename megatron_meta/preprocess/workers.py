@@ -1,4 +1,4 @@
-"""Encoding worker processes: started first, configured later, results in submission order.
+"""Worker processes: started first, configured later, results in submission order.
 
 The pool is forked at the very start of a run, before megatron-core (and torch) are imported by
 the tokenizer, so each worker is a small process that starts in milliseconds. Its configuration
@@ -6,7 +6,7 @@ the tokenizer, so each worker is a small process that starts in milliseconds. It
 workers wait for it on a queue. Where forking is unsafe (the process already runs other threads,
 as inside a test session or a notebook) or unavailable, workers start from a fresh interpreter.
 
-At most ``2 x workers`` chunks are in flight (``Pool.imap`` would read the whole input ahead, the
+At most ``2 x workers`` jobs are in flight (``Pool.imap`` would read the whole input ahead, the
 memory blow-up users of Megatron-LM's tool report) and results are taken in submission order, so
 the output does not depend on the number of workers.
 """
@@ -19,14 +19,15 @@ import multiprocessing
 import multiprocessing.pool
 import operator
 import os
-from typing import Callable, Deque, Iterable, Tuple
+from typing import Callable, Deque, Iterable
 
 from megatron_meta.corpora.records import Document
-from megatron_meta.preprocess.pipeline import EncoderConfig, encode_chunk, init_worker_from_queue
+from megatron_meta.preprocess.pipeline import EncoderConfig
+from megatron_meta.preprocess.tasks import JobSettings, init_worker_from_queue
 
-# Documents travel to the workers as plain tuples of their fields: pickling a tuple is about half
-# the main process's cost of pickling a dataclass instance (it pickles every chunk of text).
-_DOC_FIELDS = operator.attrgetter(*(f.name for f in dataclasses.fields(Document)))
+# Documents the main process reads travel to the workers as plain tuples of their fields: pickling
+# a tuple is about half the cost of pickling a dataclass instance.
+DOC_FIELDS = operator.attrgetter(*(f.name for f in dataclasses.fields(Document)))
 
 
 class _Pool(multiprocessing.pool.Pool):
@@ -74,26 +75,29 @@ class WorkerPool:
             workers, initializer=init_worker_from_queue, initargs=(self._configs,), context=ctx
         )
 
-    def configure(self, config: EncoderConfig) -> None:
+    def configure(self, config: EncoderConfig, settings: JobSettings) -> None:
         """Hand every worker its configuration (they block until then)."""
         for _ in range(self.workers):
-            self._configs.put(config)
+            self._configs.put((config, settings))
 
-    def run(self, chunks: Iterable[Tuple], write: Callable) -> None:
-        """Encode ``chunks`` (``(key, docs)``) and call ``write(key, encoded)`` in input order."""
+    def map_ordered(self, fn: Callable, jobs: Iterable, handle: Callable) -> None:
+        """``handle(fn(job))`` for every job, in job order, ``fn`` running in the workers."""
         in_flight: Deque = collections.deque()
-        for key, docs in chunks:
-            task = (key, [_DOC_FIELDS(doc) for doc in docs])
-            in_flight.append(self._pool.apply_async(encode_chunk, (task,)))
+        for job in jobs:
+            in_flight.append(self._pool.apply_async(fn, (job,)))
             if len(in_flight) >= 2 * self.workers:
-                write(*in_flight.popleft().get())
+                handle(in_flight.popleft().get())
         while in_flight:
-            write(*in_flight.popleft().get())
+            handle(in_flight.popleft().get())
+
+    def stop(self) -> None:
+        """Stop the workers now (before the run's temporary files are removed)."""
+        # terminate, not close: on errors, workers may still be waiting for their configuration.
+        self._pool.terminate()
+        self._pool.join()
 
     def __enter__(self) -> "WorkerPool":
         return self
 
     def __exit__(self, *exc) -> None:
-        # terminate, not close: on errors, workers may still be waiting for their configuration.
-        self._pool.terminate()
-        self._pool.join()
+        self.stop()

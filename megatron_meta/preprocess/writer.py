@@ -19,11 +19,12 @@ import logging
 import os
 import shutil
 import struct
-from typing import IO, Dict, List, Optional, Tuple
+from typing import IO, Dict, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 
 from megatron_meta.corpora.records import Document
+from megatron_meta.errors import DataError
 from megatron_meta.preprocess.pipeline import EncodedVariant
 
 logger = logging.getLogger(__name__)
@@ -77,6 +78,32 @@ class ShardWriter:
         self.documents += len(encoded.document_sequences)
         self.sequences += len(encoded.sequence_lengths)
         self.tokens += len(encoded.tokens)
+
+    def append_shard(self, prefix: str, sidecar: Optional[str] = None) -> None:
+        """Append a complete shard (``{prefix}.bin/.idx`` and its sidecar), in blocks.
+
+        How the main process joins the workers' pieces and ``merge`` joins parts: the index is
+        read through a memory map a block at a time, so memory stays flat however many documents
+        the shard holds.
+        """
+        index = read_index(prefix + ".idx")
+        if index.dtype != self.dtype:
+            raise DataError(f"{prefix}.idx: token dtype {index.dtype}, expected {self.dtype}")
+        with open(prefix + ".bin", "rb") as f:
+            shutil.copyfileobj(f, self._streams["bin"], _BLOCK)
+        for lo in range(0, index.sequences, _BLOCK):
+            self._streams["lengths"].write(index.lengths[lo : lo + _BLOCK].tobytes())
+        for lo in range(1, index.documents + 1, _BLOCK):
+            ends = index.document_indices[lo : lo + _BLOCK] + self.sequences
+            self._streams["docs"].write(ends.astype(np.int64, copy=False).tobytes())
+        meta = np.load(sidecar or prefix + SIDECAR_SUFFIX, mmap_mode="r")
+        if len(meta) != index.documents:
+            raise DataError(f"{prefix}: sidecar has {len(meta)} counts for {index.documents} documents")
+        for lo in range(0, len(meta), _BLOCK):
+            self._streams["meta"].write(np.asarray(meta[lo : lo + _BLOCK], dtype=np.int32).tobytes())
+        self.documents += index.documents
+        self.sequences += index.sequences
+        self.tokens += int(os.path.getsize(prefix + ".bin")) // self.dtype.itemsize
 
     def finalize(self) -> List[Tuple[str, str]]:
         """Assemble ``.idx`` and the ``.npy`` sidecar under temporary names.
@@ -135,6 +162,37 @@ class ShardWriter:
             f.close()
 
 
+class ShardIndex(NamedTuple):
+    """An ``.idx`` file's header and its arrays (memory-mapped views)."""
+
+    dtype: np.dtype
+    sequences: int
+    documents: int
+    lengths: np.ndarray
+    """int32, one per sequence."""
+    document_indices: np.ndarray
+    """int64, ``documents + 1`` entries starting with 0."""
+
+
+def read_index(path: str) -> ShardIndex:
+    """Open an MMIDIDX ``.idx`` file without reading its arrays into memory."""
+    codes = {code: dtype for dtype, code in DTYPE_CODES.items()}
+    try:
+        with open(path, "rb") as f:
+            header = f.read(len(INDEX_MAGIC) + 8 + 1 + 8 + 8)
+        magic, rest = header[: len(INDEX_MAGIC)], header[len(INDEX_MAGIC) :]
+        version, code, sequences, documents = struct.unpack("<QBQQ", rest)
+    except (OSError, struct.error) as e:
+        raise DataError(f"cannot read shard index {path}: {e}") from e
+    if magic != INDEX_MAGIC or version != INDEX_VERSION or code not in codes:
+        raise DataError(f"{path}: not a megatron-core MMIDIDX index (version 1, uint16/int32)")
+    offset = len(header)
+    lengths = np.memmap(path, np.int32, "r", offset, (sequences,)) if sequences else np.zeros(0, np.int32)
+    offset += 4 * sequences + 8 * sequences  # lengths, then the byte pointers
+    doc_idx = np.memmap(path, np.int64, "r", offset, (documents,))
+    return ShardIndex(codes[code], sequences, documents - 1, lengths, doc_idx)
+
+
 class HoldoutWriter:
     """Held-out documents as JSONL (``Document.to_json`` per line)."""
 
@@ -147,6 +205,13 @@ class HoldoutWriter:
         self._file.write(json.dumps(doc.to_json(), ensure_ascii=False))
         self._file.write("\n")
         self.documents += 1
+
+    def append_file(self, path: str, documents: int) -> None:
+        """Append a JSONL file of ``documents`` held-out records (a worker's piece, a part)."""
+        self._file.flush()
+        with open(path, "rb") as f:
+            shutil.copyfileobj(f, self._file.buffer, _BLOCK)
+        self.documents += documents
 
     def finalize(self) -> List[Tuple[str, str]]:
         self._file.close()
@@ -166,6 +231,24 @@ class OutputSet:
         self.manifest_path = manifest_path
         self.shards: Dict[Tuple[str, Optional[str]], ShardWriter] = {}
         self.holdouts: Dict[Tuple[str, Optional[str]], HoldoutWriter] = {}
+        self._pieces: Optional[str] = None
+
+    def pieces_dir(self) -> str:
+        """A folder of this run for the workers' pieces (joined, then removed, as they come)."""
+        if self._pieces is None:
+            self._pieces = _tmp(self.manifest_path[: -len(".manifest.json")] + ".pieces")
+            os.makedirs(self._pieces)
+        return self._pieces
+
+    def remove_piece(self, path: str, shard: bool = False) -> None:
+        """Delete a worker's piece once joined (a shard's three files, or one JSONL file)."""
+        for p in [path + ".bin", path + ".idx", path + SIDECAR_SUFFIX] if shard else [path]:
+            os.remove(p)
+
+    def _remove_pieces(self) -> None:
+        if self._pieces is not None:
+            shutil.rmtree(self._pieces, ignore_errors=True)
+            self._pieces = None
 
     def shard(self, key: Tuple[str, Optional[str]], prefix: str, dtype: np.dtype) -> ShardWriter:
         if key not in self.shards:
@@ -179,6 +262,7 @@ class OutputSet:
 
     def commit(self, write_manifest_fn) -> None:
         """Finalize everything, rename into place, then call ``write_manifest_fn()`` last."""
+        self._remove_pieces()
         renames: List[Tuple[str, str]] = []
         for writer in list(self.shards.values()) + list(self.holdouts.values()):
             renames.extend(writer.finalize())
@@ -191,6 +275,7 @@ class OutputSet:
 
     def abort(self) -> None:
         """Close and delete every temporary file (used on errors and interrupts)."""
+        self._remove_pieces()
         for writer in list(self.shards.values()) + list(self.holdouts.values()):
             writer.close()
             for path in writer.temp_paths():
