@@ -245,3 +245,40 @@ def test_now_read_by_the_main_process_same_bytes_and_parts(toks, tmp_path):
     ]  # fmt: skip
     merge_parts(parts, str(tmp_path / "merged" / "out"))
     same_outputs(tmp_path / "ref", tmp_path / "merged")
+
+
+def test_workers_clean_html_like_the_main_reader(toks, tmp_path):
+    """--clean-text applies to documents the workers read (JSONL ranges), with the same result for
+    any number of workers; a text that cleaning empties is counted, and ids are kept as given."""
+    from megatron_meta.corpora.cleaning import Cleaning, clean_text
+
+    docs = make_documents(12, seed=9)
+    rows = [d.to_json() for d in docs]
+    rows[2]["text"] = "<p>First &amp; second</p><p>Third&#8217;s <b>bold</b> line</p>"
+    rows[5]["text"] = "<div><br/></div>"  # nothing left after cleaning
+    rows[7]["id"] = rows[6]["id"]  # a repeated id in a record format: kept
+    path = tmp_path / "html.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    tok = load_tokenizer("SentencePieceTokenizer", toks["sp_bpe"])
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    for workers in (0, 2):
+        spec = CorpusSpec(inputs=[str(path)], cleaning=Cleaning("html"))
+        out = tmp_path / f"w{workers}"
+        config = PreprocessConfig(
+            corpus=spec, output_prefix=str(out / "out"), tokenizer_type="SentencePieceTokenizer",
+            tokenizer_model=toks["sp_bpe"], variants=["none"], progress_bar=False,
+            on_bad_record="skip", workers=workers, task_bytes=200,
+        )
+        result = run_preprocess(config)
+        m = load_manifest(result.manifest_path)
+        assert m.skipped.get("missing_text") == 1 and "duplicate_id" not in m.skipped
+        ds = IndexedDataset(m.shards[0].prefix)
+        assert len(ds) == 11
+        kept = [d for i, d in enumerate(docs) if i != 5]
+        texts = [clean_text(rows[i]["text"], "html") for i in range(12) if i != 5]
+        assert texts[2] == "First & second\n\nThird\u2019s bold line"
+        for i, (doc, text) in enumerate(zip(kept, texts)):
+            doc = doc.__class__(**{**doc.__dict__, "text": text})
+            want = list(tok.tokenize(format_document(doc, "none"))) + [tok.eod]
+            assert ds[i].tolist() == want, i
