@@ -280,5 +280,5 @@ def test_workers_clean_html_like_the_main_reader(toks, tmp_path):
         assert texts[2] == "First & second\n\nThird\u2019s bold line"
         for i, (doc, text) in enumerate(zip(kept, texts)):
             doc = doc.__class__(**{**doc.__dict__, "text": text})
-            want = list(tok.tokenize(format_document(doc, "none"))) + [tok.eod]
+            want = list(tok.tokenize(format_document(doc, "none"))) + [tok.eod] * m.append_eod
             assert ds[i].tolist() == want, i
