@@ -69,8 +69,10 @@ def _merge(argv: List[str]) -> int:
                                 description="merge a LoRA adapter into its base model")
     p.add_argument("--adapter", required=True, help="--output of finetune (or its adapter/)")
     p.add_argument("--output", required=True, help="folder of the standalone merged model")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into a non-empty --output, replacing only the files written here")
     args = p.parse_args(argv)
-    print(f"wrote {merge_adapter(args.adapter, args.output)}")
+    print(f"wrote {merge_adapter(args.adapter, args.output, overwrite=args.overwrite)}")
     return 0
 
 
