@@ -175,14 +175,16 @@ def is_disk_full(error: BaseException) -> bool:
     return False
 
 
-def disk_full_message(output: str, written: int, needed: Optional[int] = None) -> str:
+def disk_full_message(
+    output: str, written: int, needed: Optional[int] = None, removed: str = "the partial output"
+) -> str:
     where = _existing_ancestor(os.path.join(output, "x"))
     free = shutil.disk_usage(where).free
     need = f"about {human(needed)}" if needed else f"more than the {human(written)} written"
     return (
         f"{output}: disk full while writing it (it needs {need}; {human(free)} free on the "
-        f"filesystem of {where}); the partial output was removed: free space or choose another "
-        "location and run again"
+        f"filesystem of {where}); {removed} was removed: free space or choose another location "
+        "and run again"
     )
 
 

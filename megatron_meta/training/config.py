@@ -203,6 +203,12 @@ class CheckpointConfig:
         help="start a new run from these weights (a train or `convert from-hf` folder) while "
         "--load holds no checkpoint yet; a requeued job then resumes from --load",
     )
+    load_fallback: bool = _opt(
+        False,
+        "--load-fallback",
+        help="when the newest checkpoint of --load (or --save) is damaged (a file missing or cut), "
+        "resume from the newest complete earlier one instead of stopping",
+    )
 
 
 @dataclass

@@ -19,7 +19,11 @@ from megatron_meta.manifest import Manifest, load_manifest
 from megatron_meta.training import checkpoint as ckpt
 from megatron_meta.training.config import RunConfig
 from megatron_meta.training.shards import parse_region_weights, select_shards
-from megatron_meta.training.starting_point import check_tokenizer, starting_point
+from megatron_meta.training.starting_point import (
+    check_tokenizer,
+    fall_back_if_damaged,
+    starting_point,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +122,7 @@ def preflight(config: RunConfig) -> Manifest:
     """Validate the config against the world size, the manifest and ``--load``; return the
     loaded manifest."""
     validate(config)
+    fall_back_if_damaged(config)
     start = starting_point(config)
     preset = start.preset
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
