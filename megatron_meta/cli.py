@@ -13,6 +13,7 @@ import sys
 from typing import Callable, Dict, List, Optional, Tuple
 
 from megatron_meta.errors import MegatronMetaError
+from megatron_meta.launch import record_for_launcher
 
 # subcommand -> (module, one-line help)
 SUBCOMMANDS: Dict[str, Tuple[str, str]] = {
@@ -43,6 +44,7 @@ def run_guarded(fn: Callable[[List[str]], int], argv: List[str], prog: str) -> i
         return fn(argv) or 0
     except MegatronMetaError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
+        record_for_launcher(f"{prog}: {e}")  # so `megatron_meta.launch` ends with it
         return 2
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)

@@ -52,8 +52,9 @@ def check_output(
     """Refuse an output that would lose data or cannot be created; returns its absolute path.
 
     ``kind``: ``folder`` (must not exist non-empty unless ``overwrite``), ``file`` (must not be a
-    folder) or ``prefix`` (files ``PREFIX.*``; must not end in ``/``). ``inputs``: files or folders
-    the command reads, which the output may neither equal, lie inside of, nor contain.
+    folder; a results file is the command's own and is replaced), ``prefix`` (files
+    ``PREFIX.*``; must not end in ``/``) or ``any`` (only creatable). ``inputs``: files or
+    folders the command reads, which the output may neither equal, lie inside of, nor contain.
     """
     if not path:
         raise ConfigError(f"{flag} is empty: give a path")
@@ -180,7 +181,12 @@ def disk_full_message(
 ) -> str:
     where = _existing_ancestor(os.path.join(output, "x"))
     free = shutil.disk_usage(where).free
-    need = f"about {human(needed)}" if needed else f"more than the {human(written)} written"
+    if needed:
+        need = f"about {human(needed)}"
+    elif written:
+        need = f"more than the {human(written)} written"
+    else:
+        need = "more than is free"
     return (
         f"{output}: disk full while writing it (it needs {need}; {human(free)} free on the "
         f"filesystem of {where}); {removed} was removed: free space or choose another location "

@@ -16,11 +16,21 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import math
 from typing import List
 
 from megatron_meta.finetune.config import FIELDS, load_recipe
+from megatron_meta.outputs import check_output
 
 logger = logging.getLogger(__name__)
+
+
+def finite_float(text: str) -> float:
+    """An argparse type: a float that is not inf or nan (those train to NaN)."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
 
 
 def _train_parser() -> argparse.ArgumentParser:
@@ -39,7 +49,8 @@ def _train_parser() -> argparse.ArgumentParser:
         elif name == "target_modules":
             p.add_argument(flag, help="comma list (default: q,k,v,o,gate,up,down projections)")
         else:
-            kind = {"int": int, "float": float, "Optional[int]": int}.get(str(f.type), float)
+            kind = {"int": int, "float": finite_float, "Optional[int]": int}.get(
+                str(f.type), finite_float)
             p.add_argument(flag, type=kind, help=doc or f"recipe field {name}")
     return p
 
@@ -48,6 +59,7 @@ def _train(argv: List[str]) -> int:
     from megatron_meta.finetune.train import run_finetune
 
     args = _train_parser().parse_args(argv)
+    check_output(args.output, "--output", overwrite=True, inputs=[args.model, args.data])
     recipe = load_recipe(args.config)
     overrides = {}
     for name in FIELDS:
@@ -85,6 +97,7 @@ def _make_data(argv: List[str]) -> int:
     p.add_argument("--max-articles", type=int, default=1000, help="articles used (2 records each)")
     p.add_argument("--seed", type=int, default=42)
     args = p.parse_args(argv)
+    check_output(args.output, "--output", kind="file")
     n = build_news_instructions(args.output, args.max_articles, args.seed)
     print(f"wrote {n} instruction records to {args.output}")
     return 0
