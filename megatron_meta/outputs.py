@@ -176,6 +176,18 @@ def is_disk_full(error: BaseException) -> bool:
     return False
 
 
+def looks_full(error: BaseException, path: str, needed: Optional[int] = None) -> bool:
+    """:func:`is_disk_full`, or a write that failed (not a user error) where the filesystem has
+    almost no space left, or less than ``needed``: some writers (torch's zip serializer) report a
+    short write only as a position mismatch, and may have removed their partial file."""
+    if is_disk_full(error):
+        return True
+    if isinstance(error, MegatronMetaError) or not isinstance(error, Exception):
+        return False
+    usage = shutil.disk_usage(_existing_ancestor(os.path.join(path, "x")))
+    return usage.free < max(64 * 1024, usage.total // 100, needed or 0)
+
+
 def disk_full_message(
     output: str, written: int, needed: Optional[int] = None, removed: str = "the partial output"
 ) -> str:
@@ -202,7 +214,7 @@ def disk_full_guard(
     try:
         yield
     except BaseException as e:
-        if not is_disk_full(e):
+        if not looks_full(e, output, needed):
             raise
         paths = list(temporaries())
         written = _size(paths)

@@ -19,7 +19,7 @@ import torch.distributed as dist
 
 from megatron_meta.checkpoints.layout import TRACKER, iteration_dir, record_files
 from megatron_meta.errors import CheckpointError
-from megatron_meta.outputs import OutputError, disk_full_guard, disk_full_message, is_disk_full
+from megatron_meta.outputs import OutputError, disk_full_guard, disk_full_message, looks_full
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +68,8 @@ def save_state(root: str, iteration: int, state: Dict[str, Any]) -> str:
 def _stop_if_any_failed(failure, final: str, tmp: str, rank: int) -> None:
     """Collective: if any rank failed to write, rank 0 removes ``tmp`` and every rank raises."""
     device = torch.cuda.current_device() if dist.get_backend() == "nccl" else "cpu"
-    code = 0 if failure is None else (2 if is_disk_full(failure) else 1)
+    needed = _previous_size(tmp) if failure is not None else 0
+    code = 0 if failure is None else (2 if looks_full(failure, tmp, needed) else 1)
     flags = torch.tensor([code], device=device)
     dist.all_reduce(flags, op=dist.ReduceOp.MAX)
     if int(flags.item()) == 0:
@@ -78,16 +79,25 @@ def _stop_if_any_failed(failure, final: str, tmp: str, rank: int) -> None:
     if rank == 0:
         shutil.rmtree(tmp, ignore_errors=True)
     if int(flags.item()) == 2:
-        raise OutputError(
-            disk_full_message(final, written, removed=tmp) + "; the last complete checkpoint is "
-            "untouched"
-        )
+        message = disk_full_message(final, written, needed or None, removed=tmp)
+        raise OutputError(message + "; the last complete checkpoint is untouched")
     if failure is not None:
         raise failure  # not a user error: keep its traceback
     raise CheckpointError(
         f"{final}: another rank failed to save the checkpoint (see its output); {tmp} was "
         "removed, the last complete checkpoint is untouched"
     )
+
+
+def _previous_size(tmp: str) -> int:
+    """Size of the newest earlier checkpoint beside ``tmp``: about what this one needs."""
+    from megatron_meta.checkpoints.layout import latest_checkpoint
+
+    try:
+        earlier = latest_checkpoint(os.path.dirname(tmp))
+    except Exception:  # noqa: BLE001 - only an estimate for the message
+        return 0
+    return _folder_size(earlier) if earlier else 0
 
 
 def _folder_size(path: str) -> int:

@@ -102,6 +102,14 @@ def _tensor_source(
     return state.get
 
 
+def _weights_bytes(hf_dir: str, gguf_file: Optional[str]) -> int:
+    """About what the checkpoint needs on disk: the size of the source weights (for messages)."""
+    names = [gguf_file] if gguf_file else [
+        n for n in os.listdir(hf_dir) if n.endswith((".safetensors", ".bin"))
+    ]
+    return sum(os.path.getsize(os.path.join(hf_dir, n)) for n in names)
+
+
 def _copy_weights(model: torch.nn.Module, get, preset, vocab: int, where: str) -> None:
     """Fill the GPTModel's parameters from HF tensors via the FROM_HF tables."""
     params = dict(model.named_parameters())
@@ -222,7 +230,7 @@ def import_from_hf(
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=os.path.basename(save) + ".tmp", dir=parent)
     try:
-        with disk_full_guard(save, lambda: [tmp]):
+        with disk_full_guard(save, lambda: [tmp], _weights_bytes(hf_dir, gguf_file)):
             model = build_model(
                 preset, vocab_size=vocab, seq_length=preset.max_position_embeddings, tp_size=1,
                 backend="local", bf16=False, init_weights=False,

@@ -19,18 +19,11 @@ import logging
 import math
 from typing import List
 
+from megatron_meta.errors import ConfigError
 from megatron_meta.finetune.config import FIELDS, load_recipe
 from megatron_meta.outputs import check_output
 
 logger = logging.getLogger(__name__)
-
-
-def finite_float(text: str) -> float:
-    """An argparse type: a float that is not inf or nan (those train to NaN)."""
-    value = float(text)
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
-    return value
 
 
 def _train_parser() -> argparse.ArgumentParser:
@@ -49,8 +42,7 @@ def _train_parser() -> argparse.ArgumentParser:
         elif name == "target_modules":
             p.add_argument(flag, help="comma list (default: q,k,v,o,gate,up,down projections)")
         else:
-            kind = {"int": int, "float": finite_float, "Optional[int]": int}.get(
-                str(f.type), finite_float)
+            kind = {"int": int, "float": float, "Optional[int]": int}.get(str(f.type), float)
             p.add_argument(flag, type=kind, help=doc or f"recipe field {name}")
     return p
 
@@ -66,6 +58,8 @@ def _train(argv: List[str]) -> int:
         value = getattr(args, name)
         if value is None:
             continue
+        if isinstance(value, float) and not math.isfinite(value):  # inf/nan train to NaN
+            raise ConfigError(f"--{name.replace('_', '-')} {value}: not a finite number")
         overrides[name] = [t.strip() for t in value.split(",") if t.strip()] if name == "target_modules" else value
     recipe = dataclasses.replace(recipe, **overrides).validate()
     adapter = run_finetune(args.model, args.data, args.output, recipe)
