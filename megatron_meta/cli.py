@@ -14,6 +14,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 from megatron_meta.errors import MegatronMetaError
 from megatron_meta.launch import record_for_launcher
+from megatron_meta.watchdog import EXIT_CODE, launched_by_torchrun, peer_lost
 
 # subcommand -> (module, one-line help)
 SUBCOMMANDS: Dict[str, Tuple[str, str]] = {
@@ -49,6 +50,12 @@ def run_guarded(fn: Callable[[List[str]], int], argv: List[str], prog: str) -> i
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+    except RuntimeError as e:
+        lost = peer_lost(e) if launched_by_torchrun() else None
+        if lost is None:
+            raise  # a bug: keep the traceback
+        print(f"{prog}: error: {lost}", file=sys.stderr)
+        return EXIT_CODE
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -48,7 +48,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         run(args)
     except ChildFailedError as e:
-        failures = sorted(e.failures.items())
+        # A rank that recorded a message and exited by itself failed first; torchrun stopped the
+        # others with a signal (possibly right after one of them recorded the same message).
+        failures = sorted(e.failures.items(), key=lambda kv: (
+            not kv[1].error_file_data.get("message"), kv[1].exitcode <= 0, kv[0]))
         rank, first = failures[0]
         message = first.message if first.error_file_data.get("message") else ""
         if not message:

@@ -182,7 +182,7 @@ def looks_full(error: BaseException, path: str, needed: Optional[int] = None) ->
     short write only as a position mismatch, and may have removed their partial file."""
     if is_disk_full(error):
         return True
-    if isinstance(error, MegatronMetaError) or not isinstance(error, Exception):
+    if isinstance(error, (MegatronMetaError, KeyboardInterrupt, SystemExit)):
         return False
     usage = shutil.disk_usage(_existing_ancestor(os.path.join(path, "x")))
     return usage.free < max(64 * 1024, usage.total // 100, needed or 0)

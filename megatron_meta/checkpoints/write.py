@@ -47,8 +47,10 @@ def save_state(root: str, iteration: int, state: Dict[str, Any]) -> str:
     failure = None
     try:
         dist_checkpointing.save(state, tmp)
-    except Exception as e:  # every rank learns of it below, so none waits forever
-        failure = e
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as e:  # DCP's CheckpointException is a BaseException
+        failure = e  # every rank learns of it below, so none waits forever
     _stop_if_any_failed(failure, final, tmp, rank)
     if rank == 0:
         with disk_full_guard(final, lambda: [tmp]):
