@@ -117,7 +117,7 @@ def test_a_save_that_fills_the_disk_stops_cleanly(tmp_path, manifest):
         complete = latest_checkpoint(save)
         whole = damage(complete)
     assert result.returncode == 2, result.stderr[-3000:]
-    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("megatron-meta")]
     assert len(errors) == 1 and "disk full while writing it" in errors[0], result.stderr[-3000:]
     assert "iter_0000006.tmp was removed" in errors[0] and "Traceback" not in result.stderr
     assert "iter_0000006.tmp" not in left and "iter_0000006" not in left
@@ -133,7 +133,7 @@ def test_a_damaged_newest_checkpoint_is_named_and_fallback_resumes(tmp_path, tra
     args = tiny_args(manifest, **{"--save": save, "--train-iters": 8})
     refused = run_cli(args)
     assert refused.returncode == 2
-    line = [x for x in refused.stderr.splitlines() if "error:" in x][0]
+    line = [x for x in refused.stderr.splitlines() if x.startswith("megatron-meta")][-1]
     assert "__0_1.distcp is" in line and "iter_0000003" in line and "--load-fallback" in line
     resumed = run_cli(args + ["--load-fallback"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
