@@ -37,7 +37,8 @@ def record_for_launcher(message: str) -> None:
 def _logs_hint(args) -> str:
     if getattr(args, "log_dir", None):
         return f"each rank's output is under {args.log_dir}"
-    return "each rank's output is above (torchrun --log-dir DIR --redirects 3 keeps one file a rank)"
+    return ("each rank's output is above (torchrun --log-dir DIR --redirects 3 keeps one file "
+            "a rank)")
 
 
 def main(argv: Optional[List[str]] = None) -> int:

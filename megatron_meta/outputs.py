@@ -79,11 +79,13 @@ def check_output(
         raise ConfigError(f"{flag} {path}: cannot create it, {parent} is not writable")
     if kind == "folder" and os.path.exists(absolute):
         if not os.path.isdir(absolute):
-            raise ConfigError(f"{flag} {path} is an existing file, not a folder; choose another path")
+            raise ConfigError(
+                f"{flag} {path} is an existing file, not a folder; choose another path"
+            )
         if os.listdir(absolute) and not overwrite:
             raise ConfigError(
-                f"{flag} {path} exists and is not empty: choose another folder, or pass --overwrite "
-                "to replace the files this command writes (others are kept)"
+                f"{flag} {path} exists and is not empty: choose another folder, or pass "
+                "--overwrite to replace the files this command writes (others are kept)"
             )
         if not os.access(absolute, os.W_OK | os.X_OK):
             raise ConfigError(f"{flag} {path}: the folder is not writable")

@@ -56,6 +56,7 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.distributed
+@pytest.mark.slow
 def test_ranks_exit_when_their_torchrun_is_killed(tmp_path, manifest):
     save = str(tmp_path / "run")
     args = tiny_args(manifest, **{"--save": save, "--train-iters": 100000, "--eval-interval": 100000,
@@ -95,6 +96,7 @@ def test_ranks_exit_when_their_torchrun_is_killed(tmp_path, manifest):
     assert ended == 2 and "Traceback" not in output, output[-3000:]
 
 
+@pytest.mark.distributed
 def test_launch_ends_with_the_failed_ranks_message(tmp_path, manifest):
     cmd = [sys.executable, "-m", "megatron_meta.launch", "--nproc-per-node", "2", "--master-port",
            str(free_port()), "-m", "megatron_meta.cli", "train",
@@ -107,6 +109,7 @@ def test_launch_ends_with_the_failed_ranks_message(tmp_path, manifest):
     assert "Traceback" not in result.stderr and "ChildFailedError" not in result.stderr
 
 
+@pytest.mark.slow
 def test_a_save_that_fills_the_disk_stops_cleanly(tmp_path, manifest):
     # 7.7 MB a checkpoint: the first save fits on 12 MB, the second does not.
     disk = str(tmp_path / "disk")
@@ -124,6 +127,7 @@ def test_a_save_that_fills_the_disk_stops_cleanly(tmp_path, manifest):
     assert complete.endswith("iter_0000003") and whole is None
 
 
+@pytest.mark.slow
 def test_a_damaged_newest_checkpoint_is_named_and_fallback_resumes(tmp_path, trained, manifest):
     import shutil
 

@@ -239,7 +239,8 @@ def import_from_hf(
             _copy_weights(model, get, preset, vocab, where)
             del get
             tokenizer = _save_tokenizer(
-                hf_dir, gguf_file, os.path.join(tmp, TOKENIZER_DIR), os.path.join(save, TOKENIZER_DIR)
+                hf_dir, gguf_file, os.path.join(tmp, TOKENIZER_DIR),
+                os.path.join(save, TOKENIZER_DIR),
             )
             if tokenizer and tokenizer["vocab_size"] != vocab:
                 logger.warning(

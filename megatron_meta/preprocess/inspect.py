@@ -58,7 +58,9 @@ def _open(prefix: str):
     try:
         return IndexedDataset(prefix)
     except (AssertionError, ValueError, OSError, struct.error, IndexError) as e:  # a cut .idx
-        raise DataError(f"{prefix}: not a megatron-core indexed dataset, or truncated ({e})") from None
+        raise DataError(
+            f"{prefix}: not a megatron-core indexed dataset, or truncated ({e})"
+        ) from None
 
 
 def document_tokens(dataset, n: int) -> Tuple[np.ndarray, List[int]]:

@@ -91,8 +91,11 @@ def fall_back_if_damaged(config: RunConfig) -> None:
         problem = str(e)
     earlier = newest_complete(root)
     if earlier is None:
-        raise CheckpointError(f"{problem}; --load-fallback: no complete earlier checkpoint in {root}")
-    logger.warning("%s; --load-fallback: resuming from %s", problem.split("; the newest")[0], earlier)
+        raise CheckpointError(
+            f"{problem}; --load-fallback: no complete earlier checkpoint in {root}"
+        )
+    damaged = problem.split("; the newest")[0]
+    logger.warning("%s; --load-fallback: resuming from %s", damaged, earlier)
     c.load = earlier
 
 
