@@ -20,13 +20,9 @@ import os
 import shutil
 from typing import Callable, Iterable, Iterator, List, Optional, Sequence
 
-from megatron_meta.errors import ConfigError, MegatronMetaError
+from megatron_meta.errors import ConfigError, MegatronMetaError, OutputError
 
 FULL_DISK = (errno.ENOSPC, errno.EDQUOT)
-
-
-class OutputError(MegatronMetaError):
-    """An output cannot be written (full disk, lost permission); nothing half-written is left."""
 
 
 def _inside(path: str, folder: str) -> bool:
@@ -48,6 +44,7 @@ def check_output(
     kind: str = "folder",
     overwrite: bool = False,
     inputs: Sequence[Optional[str]] = (),
+    offers_overwrite: bool = True,
 ) -> str:
     """Refuse an output that would lose data or cannot be created; returns its absolute path.
 
@@ -55,6 +52,7 @@ def check_output(
     folder; a results file is the command's own and is replaced), ``prefix`` (files
     ``PREFIX.*``; must not end in ``/``) or ``any`` (only creatable). ``inputs``: files or
     folders the command reads, which the output may neither equal, lie inside of, nor contain.
+    ``offers_overwrite``: whether the command has ``--overwrite`` (the message suggests it).
     """
     if not path:
         raise ConfigError(f"{flag} is empty: give a path")
@@ -83,9 +81,10 @@ def check_output(
                 f"{flag} {path} is an existing file, not a folder; choose another path"
             )
         if os.listdir(absolute) and not overwrite:
+            fix = (", or pass --overwrite to replace the files this command writes (others are "
+                   "kept)" if offers_overwrite else "")
             raise ConfigError(
-                f"{flag} {path} exists and is not empty: choose another folder, or pass "
-                "--overwrite to replace the files this command writes (others are kept)"
+                f"{flag} {path} exists and is not empty: choose another folder{fix}"
             )
         if not os.access(absolute, os.W_OK | os.X_OK):
             raise ConfigError(f"{flag} {path}: the folder is not writable")

@@ -193,3 +193,35 @@ def test_merge_refuses_a_non_empty_output(tmp_path, capsys):
     assert cli_main(["finetune", "merge", "--adapter", str(adapter), "--output", str(out)]) == 2
     assert "exists and is not empty" in capsys.readouterr().err
     assert os.listdir(out) == ["keep.txt"]
+
+
+def test_a_half_switched_output_set_is_refused(tmp_path):
+    """Rerunning preprocess over an output set: if the switch from the old set to the new one is
+    cut short (a new .bin beside an old .idx, under the old manifest), readers refuse it naming
+    the file; a completed rerun reads back whole."""
+    from preprocess_fixtures import make_documents, training_texts, write_jsonl
+
+    from megatron_meta.errors import DataError
+    from megatron_meta.manifest import load_manifest
+    from megatron_meta.tokenizer.train import train_sentencepiece
+
+    docs = make_documents(24)
+    tok = train_sentencepiece(training_texts(docs), str(tmp_path / "sp"), 500, num_threads=1)
+    old_in = write_jsonl(str(tmp_path / "old.jsonl"), docs)
+    new_in = write_jsonl(str(tmp_path / "new.jsonl"), docs[:12])
+
+    def preprocess(corpus, prefix):
+        assert cli_main(["preprocess", "--input", corpus, "--output-prefix", prefix,
+                         "--tokenizer-type", "SentencePieceTokenizer", "--tokenizer-model", tok,
+                         "--no-progress"]) == 0
+        return load_manifest(prefix + ".manifest.json")
+
+    old = preprocess(old_in, str(tmp_path / "out" / "set"))
+    new = preprocess(new_in, str(tmp_path / "other" / "set"))
+    shard = old.shards[0]
+    assert set(shard.files) == {"bin", "idx", "metadata_tokens"}
+    os.replace(new.shards[0].prefix + ".bin", shard.prefix + ".bin")  # the cut-short switch
+    with pytest.raises(DataError, match=r"set_.*\.bin is \d+ bytes, the manifest says"):
+        load_manifest(old.path)
+    again = preprocess(new_in, str(tmp_path / "out" / "set"))  # a completed rerun
+    assert again.shards[0].documents == new.shards[0].documents

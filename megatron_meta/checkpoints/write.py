@@ -18,8 +18,8 @@ import torch
 import torch.distributed as dist
 
 from megatron_meta.checkpoints.layout import TRACKER, iteration_dir, record_files
-from megatron_meta.errors import CheckpointError
-from megatron_meta.outputs import OutputError, disk_full_guard, disk_full_message, looks_full
+from megatron_meta.errors import CheckpointError, OutputError
+from megatron_meta.outputs import disk_full_guard, disk_full_message, looks_full
 
 logger = logging.getLogger(__name__)
 

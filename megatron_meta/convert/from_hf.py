@@ -204,7 +204,7 @@ def import_from_hf(
         raise ConfigError(f"--hf {hf_dir}: no such folder (give a local Hugging Face model folder)")
     if gguf_file and not os.path.isfile(os.path.join(hf_dir, gguf_file)):
         raise ConfigError(f"--gguf-file {gguf_file}: not found in {hf_dir}")
-    check_output(save, "--save", inputs=[hf_dir])
+    check_output(save, "--save", inputs=[hf_dir], offers_overwrite=False)
     where = os.path.join(hf_dir, gguf_file or "config.json")
     config = _read_config(hf_dir, gguf_file)
     folder_name = os.path.basename(os.path.normpath(hf_dir))
