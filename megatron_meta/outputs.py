@@ -51,7 +51,8 @@ def check_output(
     ``kind``: ``folder`` (must not exist non-empty unless ``overwrite``), ``file`` (must not be a
     folder; a results file is the command's own and is replaced), ``prefix`` (files
     ``PREFIX.*``; must not end in ``/``) or ``any`` (only creatable). ``inputs``: files or
-    folders the command reads, which the output may neither equal, lie inside of, nor contain.
+    folders the command reads: a folder output may neither equal, lie inside of, nor contain
+    one; a file or prefix output may not be one.
     ``offers_overwrite``: whether the command has ``--overwrite`` (the message suggests it).
     """
     if not path:
@@ -65,7 +66,14 @@ def check_output(
     for given in inputs:
         if not given:
             continue
-        if _inside(absolute, given) or (os.path.isdir(absolute) and _inside(given, absolute)):
+        # A folder output is replaced as a whole, so it may not hold or lie in an input; a new file
+        # beside the inputs (results in a checkpoint folder) harms nothing unless it is one.
+        if kind in ("file", "prefix"):
+            overlaps = os.path.realpath(absolute) == os.path.realpath(given)
+        else:
+            overlaps = _inside(absolute, given) or (
+                os.path.isdir(absolute) and _inside(given, absolute))
+        if overlaps:
             raise ConfigError(
                 f"{flag} {path} overlaps the input {given}: writing there could destroy what is "
                 "being read; choose an output outside it"
