@@ -13,6 +13,8 @@ import sys
 from typing import Callable, Dict, List, Optional, Tuple
 
 from megatron_meta.errors import MegatronMetaError
+from megatron_meta.launch import record_for_launcher
+from megatron_meta.watchdog import EXIT_CODE, launched_by_torchrun, peer_lost
 
 # subcommand -> (module, one-line help)
 SUBCOMMANDS: Dict[str, Tuple[str, str]] = {
@@ -43,10 +45,17 @@ def run_guarded(fn: Callable[[List[str]], int], argv: List[str], prog: str) -> i
         return fn(argv) or 0
     except MegatronMetaError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
+        record_for_launcher(f"{prog}: {e}")  # so `megatron_meta.launch` ends with it
         return 2
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+    except RuntimeError as e:
+        lost = peer_lost(e) if launched_by_torchrun() else None
+        if lost is None:
+            raise  # a bug: keep the traceback
+        print(f"{prog}: error: {lost}", file=sys.stderr)
+        return EXIT_CODE
 
 
 def main(argv: Optional[List[str]] = None) -> int:

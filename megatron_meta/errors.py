@@ -20,3 +20,8 @@ class DataError(MegatronMetaError):
 
 class CheckpointError(MegatronMetaError):
     """A checkpoint is missing, damaged or belongs to another model."""
+
+
+class OutputError(MegatronMetaError):
+    """An output cannot be written (a full disk): the message names it and the space it needed,
+    and nothing half-written is left (see :mod:`megatron_meta.outputs`)."""

@@ -5,6 +5,11 @@ evaluation read it), so it lives below all of them, beside ``errors``.
 
 Paths inside the manifest are relative to the manifest's folder so a data directory can be moved
 or copied to a cluster as a whole. :func:`load_manifest` resolves them to absolute paths.
+
+The manifest is written last, after every data file is in place, and records each shard file's
+size and a checksum (:func:`fingerprint`); :func:`load_manifest` checks them, so a set switched
+half-way from an earlier run to a new one (a ``.bin`` of one beside an ``.idx`` of the other), a
+truncated file or a file copied incompletely is refused naming the file.
 """
 
 from __future__ import annotations
@@ -12,11 +17,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import zlib
 from typing import Any, Dict, List, Optional
 
 from megatron_meta.errors import DataError
 
 FORMAT_VERSION = 1
+# Files up to this size are checksummed whole; larger ones by their first and last half of it plus
+# their size, which catches truncation and a file of another run without reading gigabytes.
+CHECKSUM_SPAN = 16 * 1024 * 1024
 
 
 @dataclasses.dataclass
@@ -45,6 +54,13 @@ class ShardEntry:
     documents: int
     tokens: int
     metadata_tokens: str  # .npy sidecar: int32, one count per document, in shard order
+    # "bin", "idx", "metadata_tokens" -> {"bytes", "crc32"} (see fingerprint); None in manifests
+    # written before checksums were recorded.
+    files: Optional[Dict[str, Dict[str, int]]] = None
+
+    def file_paths(self) -> Dict[str, str]:
+        return {"bin": self.prefix + ".bin", "idx": self.prefix + ".idx",
+                "metadata_tokens": self.metadata_tokens}
 
 
 @dataclasses.dataclass
@@ -105,8 +121,55 @@ class Manifest:
         return out
 
 
+def fingerprint(path: str) -> Dict[str, int]:
+    """``{"bytes": size, "crc32": checksum}`` of a file (sampled above CHECKSUM_SPAN, see there)."""
+    size = os.path.getsize(path)
+    crc = zlib.crc32(str(size).encode())
+    half = CHECKSUM_SPAN // 2
+    spans = [(0, size)] if size <= CHECKSUM_SPAN else [(0, half), (size - half, half)]
+    with open(path, "rb") as f:
+        for start, length in spans:
+            f.seek(start)
+            while length > 0:
+                block = f.read(min(length, 1 << 20))
+                if not block:
+                    break
+                crc = zlib.crc32(block, crc)
+                length -= len(block)
+    return {"bytes": size, "crc32": crc}
+
+
+def check_shard_files(manifest_path: str, shard: ShardEntry) -> None:
+    """Every file of ``shard`` exists and matches the size and checksum the manifest records."""
+    for key, file in shard.file_paths().items():
+        if key != "metadata_tokens" and not os.path.isfile(file):
+            raise DataError(f"{manifest_path}: shard file {file} listed but missing")
+    for key, recorded in (shard.files or {}).items():
+        file = shard.file_paths()[key]
+        if not os.path.isfile(file):
+            raise DataError(f"{manifest_path}: shard file {file} listed but missing")
+        found = fingerprint(file)
+        if found["bytes"] != recorded.get("bytes"):
+            problem = f"is {found['bytes']} bytes, the manifest says {recorded.get('bytes')}"
+        elif found["crc32"] != recorded.get("crc32"):
+            problem = "has another checksum than the manifest records"
+        else:
+            continue
+        raise DataError(
+            f"{file} {problem}: the file is truncated, damaged or from another run; re-run "
+            f"preprocess (or copy the whole output set again) to get a consistent set"
+        )
+
+
 def write_manifest(manifest: Manifest, path: str) -> None:
-    """Write atomically: a temporary name, then rename, so a half-written manifest never exists."""
+    """Record each shard file's size and checksum, then write the manifest atomically (a temporary
+    name, then rename, so a half-written manifest never exists). Called after the data files are
+    in place, so the manifest is the last file of a set to appear."""
+    for shard in manifest.shards:
+        shard.files = {
+            key: fingerprint(file) for key, file in shard.file_paths().items()
+            if os.path.isfile(file)
+        }
     base = os.path.dirname(os.path.abspath(path))
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
@@ -122,8 +185,16 @@ def load_manifest(path: str) -> Manifest:
     try:
         with open(path, encoding="utf-8") as f:
             raw = json.load(f)
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); the manifest is "
+                        "damaged, re-run preprocess") from None
     except json.JSONDecodeError as e:
         raise DataError(f"{path}: not valid JSON ({e}); the manifest is damaged, re-run preprocess")
+    except OSError as e:
+        raise DataError(f"{path}: cannot read the manifest ({e.strerror})") from None
+    if not isinstance(raw, dict):
+        raise DataError(f"{path}: a manifest is a JSON object, found a {type(raw).__name__}; "
+                        "the file is damaged or not a manifest, re-run preprocess")
     version = raw.get("format_version")
     if version != FORMAT_VERSION:
         raise DataError(
@@ -140,14 +211,12 @@ def load_manifest(path: str) -> Manifest:
             tok.model = absolute(tok.model)
         shards = [ShardEntry(**s) for s in raw["shards"]]
         holdout = [HoldoutEntry(**h) for h in raw.get("holdout", [])]
-    except (KeyError, TypeError) as e:
+    except (KeyError, TypeError, AttributeError) as e:
         raise DataError(f"{path}: missing or unexpected manifest field ({e}); re-run preprocess")
     for s in shards:
         s.prefix = absolute(s.prefix)
         s.metadata_tokens = absolute(s.metadata_tokens)
-        for ext in (".bin", ".idx"):
-            if not os.path.isfile(s.prefix + ext):
-                raise DataError(f"{path}: shard file {s.prefix + ext} listed but missing")
+        check_shard_files(path, s)
     for h in holdout:
         h.path = absolute(h.path)
     return Manifest(

@@ -18,6 +18,7 @@ import torch.distributed as dist
 
 from megatron_meta.errors import ConfigError
 from megatron_meta.platform import cpu as platform
+from megatron_meta.watchdog import watch_launcher
 
 logger = logging.getLogger(__name__)
 
@@ -105,6 +106,7 @@ def initialize_parallel(tp: int, seed: int) -> ParallelInfo:
     from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
 
     platform.apply_cpu_accommodations()
+    watch_launcher()  # a rank whose torchrun died exits instead of hanging
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if platform.cuda_available():
         torch.cuda.set_device(local_rank)

@@ -97,7 +97,7 @@ SRUN=(srun --export=ALL --kill-on-bad-exit=1 --open-mode=append)
 if [ "$LAUNCHER" = torchrun ]; then
   SRUN+=(--nodes="$SLURM_NNODES" --ntasks-per-node=1 --output="$LOG_DIR/node%t.log")
   # SLURM_NODEID is each task's own: expanded on the node, by the inner shell.
-  "${SRUN[@]}" bash -c 'exec "$0" -m torch.distributed.run --nnodes "$SLURM_NNODES" \
+  "${SRUN[@]}" bash -c 'exec "$0" -m megatron_meta.launch --nnodes "$SLURM_NNODES" \
       --node-rank "$SLURM_NODEID" --nproc-per-node "$1" --master-addr "$MASTER_ADDR" \
       --master-port "$MASTER_PORT" --signals-to-handle SIGTERM,SIGINT,SIGUSR1 \
       --shutdown-timeout 300 --log-dir "$2/ranks-node$SLURM_NODEID" --redirects 3 --tee 3 \

@@ -6,6 +6,11 @@ Layout of a ``--save`` folder (the names Megatron-LM users know)::
     iter_0000100/                       one dist_checkpointing checkpoint
     config.yaml, metrics.jsonl          written by the trainer
 
+Each ``iter_*`` folder also holds ``files.json`` (every file of the checkpoint and its size,
+written before the folder gets its final name); readers check it first, so a truncated or deleted
+tensor file is reported naming the file, and a resume can fall back to the newest complete earlier
+checkpoint (:func:`newest_complete`).
+
 The common (non-tensor) part of a checkpoint holds ``format_version``, ``iteration``, the model's
 identity (every :class:`ModelPreset` field, so the model can be rebuilt without a registry entry,
 and the tokenizer's vocabulary size), the run's resolved config and the tokenizer of its manifest.
@@ -15,7 +20,9 @@ A checkpoint converted from Hugging Face has no optimizer state (``weights_only`
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import re
 from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
@@ -23,6 +30,7 @@ from megatron_meta.errors import CheckpointError
 from megatron_meta.models.presets import ModelPreset
 
 TRACKER = "latest_checkpointed_iteration.txt"
+FILES = "files.json"
 FORMAT_VERSION = 1
 # The fields that make two models interchangeable (the preset's name and source do not).
 SHAPE_FIELDS = (
@@ -53,7 +61,8 @@ def latest_checkpoint(root: str) -> Optional[str]:
     tracker = os.path.join(root, TRACKER)
     if not os.path.isfile(tracker):
         return None
-    text = open(tracker, encoding="utf-8").read().strip()
+    with open(tracker, encoding="utf-8", errors="replace") as f:
+        text = f.read().strip()
     try:
         path = iteration_dir(root, int(text))
     except ValueError:
@@ -61,7 +70,10 @@ def latest_checkpoint(root: str) -> Optional[str]:
     for candidate in (path, path + ".old"):  # .old: a crash while replacing the same iteration
         if _is_checkpoint(candidate):
             return candidate
-    raise CheckpointError(f"{tracker} names iteration {text} but {path} is missing or incomplete")
+    raise CheckpointError(
+        f"{tracker} names iteration {text} but {path} is missing or incomplete"
+        f"{_offer_earlier(path)}"
+    )
 
 
 def is_megatron_checkpoint(path: str) -> bool:
@@ -75,14 +87,91 @@ def is_megatron_checkpoint(path: str) -> bool:
         return False
 
 
+def record_files(path: str) -> None:
+    """Write ``path/files.json``: every file under the checkpoint folder and its size."""
+    files = {}
+    for root, _, names in os.walk(path):
+        for name in names:
+            full = os.path.join(root, name)
+            files[os.path.relpath(full, path)] = os.path.getsize(full)
+    tmp = os.path.join(path, FILES + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump({"files": dict(sorted(files.items()))}, f, indent=1)
+    os.replace(tmp, os.path.join(path, FILES))
+
+
+def damage(path: str) -> Optional[str]:
+    """What is wrong with the files of checkpoint ``path`` per its ``files.json`` (None: whole;
+    also None for a checkpoint written before files were recorded)."""
+    listing = os.path.join(path, FILES)
+    if not os.path.exists(listing):
+        return None
+    try:
+        with open(listing, encoding="utf-8") as f:
+            files = json.load(f)["files"]
+        files = {str(k): int(v) for k, v in files.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        return f"{listing} is damaged ({e!r})"
+    for name, size in files.items():
+        full = os.path.join(path, name)
+        if not os.path.isfile(full):
+            return f"{full} is missing"
+        found = os.path.getsize(full)
+        if found != size:
+            return f"{full} is {found} bytes, {size} were written (truncated or damaged)"
+    return None
+
+
+def _iterations(root: str) -> Dict[int, str]:
+    found = {}
+    for name in os.listdir(root):
+        m = re.fullmatch(r"iter_(\d{7})", name)
+        if m and os.path.isdir(os.path.join(root, name)):
+            found[int(m.group(1))] = os.path.join(root, name)
+    return found
+
+
+def newest_complete(root: str, before: Optional[int] = None) -> Optional[str]:
+    """The newest ``iter_*`` folder of ``root`` (below iteration ``before``) that is whole."""
+    for iteration, path in sorted(_iterations(root).items(), reverse=True):
+        if before is not None and iteration >= before:
+            continue
+        if _is_checkpoint(path) and damage(path) is None:
+            try:
+                read_common(path)
+            except CheckpointError:
+                continue
+            return path
+    return None
+
+
+def _offer_earlier(path: str) -> str:
+    """A hint naming the newest complete checkpoint before the damaged ``path``, if any."""
+    root, name = os.path.split(os.path.normpath(path))
+    m = re.fullmatch(r"iter_(\d{7})(\.old)?", name)
+    earlier = newest_complete(root, int(m.group(1))) if m and os.path.isdir(root) else None
+    if earlier is None:
+        return ""
+    return (f"; the newest complete earlier checkpoint is {earlier}: give it to --load, or "
+            "resume training with --load-fallback to take it")
+
+
 def read_common(path: str) -> Dict[str, Any]:
-    """The common state of one ``iter_*`` checkpoint; CheckpointError if it is not ours."""
+    """The common state of one ``iter_*`` checkpoint; CheckpointError if it is not ours or is
+    damaged (the message then names the file, and an earlier complete checkpoint if any)."""
     from megatron.core import dist_checkpointing
 
+    problem = damage(path)
+    if problem:
+        raise CheckpointError(f"{path}: damaged checkpoint: {problem}{_offer_earlier(path)}")
     try:
         common = dist_checkpointing.load_common_state_dict(path)
     except Exception as e:  # megatron raises several types for a damaged folder
-        raise CheckpointError(f"{path}: cannot read the checkpoint ({e})") from e
+        raise CheckpointError(
+            f"{path}: cannot read the checkpoint ({type(e).__name__}: {e}){_offer_earlier(path)}"
+        ) from None
+    if not isinstance(common, dict):
+        raise CheckpointError(f"{path}: not a megatron-meta checkpoint (no common state)")
     if common.get("format_version") != FORMAT_VERSION or "model_identity" not in common:
         raise CheckpointError(
             f"{path}: not a megatron-meta checkpoint (format {common.get('format_version')!r})"

@@ -53,7 +53,13 @@ def read_model_tensors(path: str, dtype: Optional[torch.dtype] = None) -> Dict[s
     with warnings.catch_warnings():
         # DCP warns that it loads without a process group: that is the point here.
         warnings.filterwarnings("ignore", message=".*assuming the intent is to load in a single")
-        dcp.load(state, storage_reader=FileSystemReader(path), no_dist=True)
+        try:
+            dcp.load(state, storage_reader=FileSystemReader(path), no_dist=True)
+        except Exception as e:  # a tensor file cut or deleted in a checkpoint without files.json
+            raise CheckpointError(
+                f"{path}: cannot read the checkpoint's tensors ({type(e).__name__}: "
+                f"{str(e).splitlines()[0] if str(e) else ''}); the checkpoint is damaged"
+            ) from None
     if dtype is not None:
         state = {k: v.to(dtype) for k, v in state.items()}
     return state

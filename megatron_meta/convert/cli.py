@@ -30,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a --save folder (newest checkpoint) or one iter_* folder")
     to_hf.add_argument("--output", required=True, metavar="DIR",
                        help="Hugging Face folder to write")
+    to_hf.add_argument("--overwrite", action="store_true",
+                       help="write into a non-empty --output, replacing only the files written here")
     to_hf.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                        help="dtype of the written weights (default: float32)")
     from_hf = sub.add_parser("from-hf", help="Hugging Face folder -> megatron-meta checkpoint")
@@ -52,7 +54,7 @@ def main(argv: List[str]) -> int:
     if args.direction == "to-hf":
         from megatron_meta.convert.to_hf import export_to_hf
 
-        out = export_to_hf(args.load, args.output, args.dtype)
+        out = export_to_hf(args.load, args.output, args.dtype, overwrite=args.overwrite)
     else:
         from megatron_meta.convert.from_hf import import_from_hf
 

@@ -30,6 +30,7 @@ from megatron_meta.checkpoints import FORMAT_VERSION, model_identity
 from megatron_meta.checkpoints.write import save_state
 from megatron_meta.convert import hf_llama
 from megatron_meta.errors import CheckpointError, ConfigError
+from megatron_meta.outputs import check_output, disk_full_guard
 
 logger = logging.getLogger(__name__)
 
@@ -62,18 +63,31 @@ def _tensor_source(
     if not gguf_file and (os.path.isfile(single) or os.path.isfile(index)):
         from safetensors import safe_open
 
+        def read(path: str, what: Callable):
+            # safetensors raises its own error type (and OSError) for a missing or cut file
+            try:
+                with safe_open(path, "pt") as f:
+                    return what(f)
+            except Exception as e:
+                reason = "missing" if not os.path.isfile(path) else f"unreadable ({e})"
+                raise CheckpointError(
+                    f"{path}: safetensors file {reason}; download or copy the model again"
+                ) from None
+
         if os.path.isfile(index):
-            with open(index, encoding="utf-8") as f:
-                files = json.load(f)["weight_map"]
+            try:
+                with open(index, encoding="utf-8") as f:
+                    files = json.load(f)["weight_map"]
+                files = {str(k): str(v) for k, v in files.items()}
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+                raise CheckpointError(f"{index}: not a safetensors index ({e!r})") from None
         else:
-            with safe_open(single, "pt") as f:
-                files = {k: "model.safetensors" for k in f.keys()}
+            files = {k: "model.safetensors" for k in read(single, lambda f: list(f.keys()))}
 
         def get(name: str) -> Optional[torch.Tensor]:
             if name not in files:
                 return None
-            with safe_open(os.path.join(hf_dir, files[name]), "pt") as f:
-                return f.get_tensor(name)
+            return read(os.path.join(hf_dir, files[name]), lambda f: f.get_tensor(name))
 
         return get
     from transformers import AutoModelForCausalLM
@@ -86,6 +100,14 @@ def _tensor_source(
     strip_gguf_quantizer(model)
     state = model.state_dict()
     return state.get
+
+
+def _weights_bytes(hf_dir: str, gguf_file: Optional[str]) -> int:
+    """About what the checkpoint needs on disk: the size of the source weights (for messages)."""
+    names = [gguf_file] if gguf_file else [
+        n for n in os.listdir(hf_dir) if n.endswith((".safetensors", ".bin"))
+    ]
+    return sum(os.path.getsize(os.path.join(hf_dir, n)) for n in names)
 
 
 def _copy_weights(model: torch.nn.Module, get, preset, vocab: int, where: str) -> None:
@@ -182,8 +204,7 @@ def import_from_hf(
         raise ConfigError(f"--hf {hf_dir}: no such folder (give a local Hugging Face model folder)")
     if gguf_file and not os.path.isfile(os.path.join(hf_dir, gguf_file)):
         raise ConfigError(f"--gguf-file {gguf_file}: not found in {hf_dir}")
-    if os.path.exists(save) and os.listdir(save):
-        raise ConfigError(f"--save {save} exists and is not empty: remove it or choose another")
+    check_output(save, "--save", inputs=[hf_dir], offers_overwrite=False)
     where = os.path.join(hf_dir, gguf_file or "config.json")
     config = _read_config(hf_dir, gguf_file)
     folder_name = os.path.basename(os.path.normpath(hf_dir))
@@ -209,40 +230,42 @@ def import_from_hf(
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=os.path.basename(save) + ".tmp", dir=parent)
     try:
-        model = build_model(
-            preset, vocab_size=vocab, seq_length=preset.max_position_embeddings, tp_size=1,
-            backend="local", bf16=False, init_weights=False,
-            padded_vocab_size=pad_vocab_size(vocab, tp),
-        )
-        _copy_weights(model, get, preset, vocab, where)
-        del get
-        tokenizer = _save_tokenizer(
-            hf_dir, gguf_file, os.path.join(tmp, TOKENIZER_DIR), os.path.join(save, TOKENIZER_DIR)
-        )
-        if tokenizer and tokenizer["vocab_size"] != vocab:
-            logger.warning(
-                "the tokenizer has %d tokens, the model %d: shards must be written with a "
-                "%d-token tokenizer to train it", tokenizer["vocab_size"], vocab, vocab,
+        with disk_full_guard(save, lambda: [tmp], _weights_bytes(hf_dir, gguf_file)):
+            model = build_model(
+                preset, vocab_size=vocab, seq_length=preset.max_position_embeddings, tp_size=1,
+                backend="local", bf16=False, init_weights=False,
+                padded_vocab_size=pad_vocab_size(vocab, tp),
             )
-        state = {
-            "model": model.sharded_state_dict(),
-            "format_version": FORMAT_VERSION,
-            "iteration": 0,
-            "consumed_samples": 0,
-            "model_identity": model_identity(preset, vocab),
-            "config": _run_config(preset.max_position_embeddings, tp),
-            "layout": {"world_size": 1, "tp": tp, "dp": 1},
-            "tokenizer": tokenizer,
-            "weights_only": True,
-            "source": {"hf": os.path.abspath(hf_dir), "gguf_file": gguf_file,
-                       "preset": dataclasses.asdict(preset)},
-        }
-        save_state(tmp, 0, state)
-        del model, state
-        os.chmod(tmp, 0o755)
-        if os.path.isdir(save):
-            os.rmdir(save)  # empty: checked above
-        os.replace(tmp, save)
+            _copy_weights(model, get, preset, vocab, where)
+            del get
+            tokenizer = _save_tokenizer(
+                hf_dir, gguf_file, os.path.join(tmp, TOKENIZER_DIR),
+                os.path.join(save, TOKENIZER_DIR),
+            )
+            if tokenizer and tokenizer["vocab_size"] != vocab:
+                logger.warning(
+                    "the tokenizer has %d tokens, the model %d: shards must be written with a "
+                    "%d-token tokenizer to train it", tokenizer["vocab_size"], vocab, vocab,
+                )
+            state = {
+                "model": model.sharded_state_dict(),
+                "format_version": FORMAT_VERSION,
+                "iteration": 0,
+                "consumed_samples": 0,
+                "model_identity": model_identity(preset, vocab),
+                "config": _run_config(preset.max_position_embeddings, tp),
+                "layout": {"world_size": 1, "tp": tp, "dp": 1},
+                "tokenizer": tokenizer,
+                "weights_only": True,
+                "source": {"hf": os.path.abspath(hf_dir), "gguf_file": gguf_file,
+                           "preset": dataclasses.asdict(preset)},
+            }
+            save_state(tmp, 0, state)
+            del model, state
+            os.chmod(tmp, 0o755)
+            if os.path.isdir(save):
+                os.rmdir(save)  # empty: checked above
+            os.replace(tmp, save)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         if started:

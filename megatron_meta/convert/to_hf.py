@@ -5,7 +5,9 @@ Reads the checkpoint whole on the CPU in one process (any saved TP size, see
 :mod:`.hf_llama`, trims the vocabulary padding, and writes ``config.json``,
 ``generation_config.json``, ``model.safetensors`` (or shards plus an index above
 ``max_shard_bytes``) and the tokenizer of the run's manifest. Everything is written into a
-temporary folder next to ``output`` and renamed into place when complete.
+temporary folder next to ``output`` and renamed into place when complete. A non-empty ``output``
+is refused unless ``overwrite`` (then only the files written here are replaced), and so is an
+output overlapping the checkpoint (:mod:`megatron_meta.outputs`).
 
 Memory: one copy of the weights (the checkpoint's tensors) plus the shard being written.
 """
@@ -26,6 +28,7 @@ from megatron_meta.checkpoints.tensors import read_model_tensors
 from megatron_meta.convert import hf_llama
 from megatron_meta.convert.hf_tokenizer import export_tokenizer
 from megatron_meta.errors import CheckpointError, ConfigError
+from megatron_meta.outputs import check_output, disk_full_guard, install_folder
 
 logger = logging.getLogger(__name__)
 
@@ -117,11 +120,17 @@ def _write_weights(folder: str, planned: List[Planned], dtype: torch.dtype, max_
 
 
 def export_to_hf(
-    load: str, output: str, dtype: str = "float32", *, max_shard_bytes: int = MAX_SHARD_BYTES
+    load: str,
+    output: str,
+    dtype: str = "float32",
+    *,
+    max_shard_bytes: int = MAX_SHARD_BYTES,
+    overwrite: bool = False,
 ) -> str:
     """Write the newest checkpoint of ``load`` as a Hugging Face folder ``output``; returns it."""
     if dtype not in DTYPES:
         raise ConfigError(f"--dtype {dtype!r}: choose from {', '.join(DTYPES)}")
+    check_output(output, "--output", overwrite=overwrite, inputs=[load])
     torch_dtype = DTYPES[dtype]
     info = checkpoint_info(load)
     tensors = read_model_tensors(info.path)
@@ -135,15 +144,17 @@ def export_to_hf(
     parent = os.path.dirname(output)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=os.path.basename(output) + ".tmp", dir=parent)
+    needed = sum(p[2] for p in planned)
     try:
-        _write_weights(tmp, planned, torch_dtype, max_shard_bytes)
-        del tensors, planned
-        special = export_tokenizer(info.tokenizer, tmp)
-        config = hf_llama.hf_config(preset, vocab, torch_dtype, special.bos_id, special.eos_id)
-        config.save_pretrained(tmp)
-        _write_generation_config(tmp, config)
-        os.chmod(tmp, 0o755)
-        _replace_folder(tmp, output)
+        with disk_full_guard(output, lambda: [tmp], needed):
+            _write_weights(tmp, planned, torch_dtype, max_shard_bytes)
+            del tensors, planned
+            special = export_tokenizer(info.tokenizer, tmp)
+            config = hf_llama.hf_config(preset, vocab, torch_dtype, special.bos_id, special.eos_id)
+            config.save_pretrained(tmp)
+            _write_generation_config(tmp, config)
+            os.chmod(tmp, 0o755)
+            install_folder(tmp, output, _written_here)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     logger.info(
@@ -159,11 +170,6 @@ def _write_generation_config(folder: str, config) -> None:
     GenerationConfig.from_model_config(config).save_pretrained(folder)
 
 
-def _replace_folder(tmp: str, output: str) -> None:
-    """Rename ``tmp`` to ``output``; an existing ``output`` is replaced once ``tmp`` is whole."""
-    old = output + ".old"
-    if os.path.exists(output):
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(output, old)
-    os.replace(tmp, output)
-    shutil.rmtree(old, ignore_errors=True)
+def _written_here(name: str) -> bool:
+    """Weight files of an earlier export into the same folder (stale once replaced)."""
+    return name.startswith("model") and ".safetensors" in name

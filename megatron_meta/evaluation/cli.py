@@ -122,6 +122,7 @@ def _report(args: argparse.Namespace) -> int:
 
 def main(argv: List[str]) -> int:
     args = build_parser().parse_args(argv)
+    check_outputs(args)  # before any scoring: an output that cannot be written fails now
     if args.command == "perplexity":
         return _perplexity(args)
     if args.command in MCQ_COMMANDS:
@@ -131,6 +132,20 @@ def main(argv: List[str]) -> int:
     if args.command in STUDY_COMMANDS:
         return STUDY_COMMANDS[args.command](args)
     return _report(args)
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    from megatron_meta.outputs import check_output
+
+    inputs = []
+    for name in ("load", "model", "benchmark", "data_manifest", "results"):
+        value = getattr(args, name, None)
+        inputs += value if isinstance(value, list) else [value]
+    if getattr(args, "output", None):
+        kind = "any" if args.command == "lm-eval-task" else "file"
+        check_output(args.output, "--output", kind=kind, inputs=inputs)
+    if getattr(args, "output_prefix", None):
+        check_output(args.output_prefix, "--output-prefix", kind="prefix", inputs=inputs)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ with and without ``--country`` (or with another country) to see how metadata ste
 from __future__ import annotations
 
 import argparse
+import math
 from typing import List, Optional
 
 from megatron_meta.errors import ConfigError
@@ -57,7 +58,7 @@ def main(argv: List[str]) -> int:
     args = p.parse_args(argv)
     if args.max_new_tokens < 1 or args.num_samples < 1:
         raise ConfigError("--max-new-tokens and --num-samples must be at least 1")
-    if not args.greedy and not (args.temperature > 0 and 0 < args.top_p <= 1):
+    if not args.greedy and not (0 < args.temperature < math.inf and 0 < args.top_p <= 1):
         raise ConfigError("--temperature must be > 0 and --top-p in (0, 1]; or use --greedy")
 
     import torch

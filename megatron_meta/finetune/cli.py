@@ -16,9 +16,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import math
 from typing import List
 
+from megatron_meta.errors import ConfigError
 from megatron_meta.finetune.config import FIELDS, load_recipe
+from megatron_meta.outputs import check_output
 
 logger = logging.getLogger(__name__)
 
@@ -50,12 +53,15 @@ def _train(argv: List[str]) -> int:
     from megatron_meta.finetune.train import run_finetune
 
     args = _train_parser().parse_args(argv)
+    check_output(args.output, "--output", overwrite=True, inputs=[args.model, args.data])
     recipe = load_recipe(args.config)
     overrides = {}
     for name in FIELDS:
         value = getattr(args, name)
         if value is None:
             continue
+        if isinstance(value, float) and not math.isfinite(value):  # inf/nan train to NaN
+            raise ConfigError(f"--{name.replace('_', '-')} {value}: not a finite number")
         overrides[name] = [t.strip() for t in value.split(",") if t.strip()] if name == "target_modules" else value
     recipe = dataclasses.replace(recipe, **overrides).validate()
     adapter = run_finetune(args.model, args.data, args.output, recipe)
@@ -71,8 +77,10 @@ def _merge(argv: List[str]) -> int:
                                 description="merge a LoRA adapter into its base model")
     p.add_argument("--adapter", required=True, help="--output of finetune (or its adapter/)")
     p.add_argument("--output", required=True, help="folder of the standalone merged model")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into a non-empty --output, replacing only the files written here")
     args = p.parse_args(argv)
-    print(f"wrote {merge_adapter(args.adapter, args.output)}")
+    print(f"wrote {merge_adapter(args.adapter, args.output, overwrite=args.overwrite)}")
     return 0
 
 
@@ -85,6 +93,7 @@ def _make_data(argv: List[str]) -> int:
     p.add_argument("--max-articles", type=int, default=1000, help="articles used (2 records each)")
     p.add_argument("--seed", type=int, default=42)
     args = p.parse_args(argv)
+    check_output(args.output, "--output", kind="file")
     n = build_news_instructions(args.output, args.max_articles, args.seed)
     print(f"wrote {n} instruction records to {args.output}")
     return 0

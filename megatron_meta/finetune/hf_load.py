@@ -38,7 +38,7 @@ def resolve_hf_folder(path: str, flag: str = "--model") -> str:
     out = os.path.join(cache_root(), "hf-exports", f"{os.path.basename(real)}-{key}")
     if not os.path.exists(os.path.join(out, "config.json")):
         logger.info("converting megatron-meta checkpoint %s to a Hugging Face folder %s", path, out)
-        export_to_hf(path, out, "float32")
+        export_to_hf(path, out, "float32", overwrite=True)  # our own cache entry
     return out
 
 

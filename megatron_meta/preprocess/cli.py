@@ -18,12 +18,15 @@ for GPT pretraining keep the default (one sequence per document, metadata and te
 from __future__ import annotations
 
 import argparse
+import glob
 import logging
+import os
 import sys
 from typing import List
 
 from megatron_meta.errors import ConfigError
 from megatron_meta.metadata.formatting import URL_FORMS, VARIANTS, parse_variants
+from megatron_meta.outputs import check_output, disk_full_guard
 from megatron_meta.preprocess.holdout import HoldoutConfig
 from megatron_meta.preprocess.runner import SPLIT_BY, PreprocessConfig, run_preprocess
 from megatron_meta.tokenizer.load import TOKENIZER_TYPES
@@ -177,7 +180,11 @@ def main(argv: List[str]) -> int:
             "--split-sentences: one sequence per sentence; GPTDataset treats each sequence as a "
             "document, so only the first sentence carries the metadata in GPT training"
         )
-    result = run_preprocess(config)
+    prefix = config.output_prefix
+    check_output(prefix, "--output-prefix", kind="prefix",
+                 inputs=[p for p in getattr(args, "input", None) or [] if os.path.isdir(p)])
+    with disk_full_guard(prefix, lambda: glob.glob(f"{glob.escape(prefix)}*.tmp-{os.getpid()}")):
+        result = run_preprocess(config)  # removes its own temporaries on any error
     summary = [
         f"wrote {len(result.manifest.shards)} shard(s), {result.documents} training documents "
         f"per variant, {result.held_out} held out, in {result.seconds:.1f} s "

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import glob
 import os
+import struct
 import sys
 from typing import List, Optional, Tuple
 
@@ -56,8 +57,10 @@ def _open(prefix: str):
 
     try:
         return IndexedDataset(prefix)
-    except (AssertionError, ValueError, OSError) as e:
-        raise DataError(f"{prefix}: not a megatron-core indexed dataset ({e})") from e
+    except (AssertionError, ValueError, OSError, struct.error, IndexError) as e:  # a cut .idx
+        raise DataError(
+            f"{prefix}: not a megatron-core indexed dataset, or truncated ({e})"
+        ) from None
 
 
 def document_tokens(dataset, n: int) -> Tuple[np.ndarray, List[int]]:

@@ -35,6 +35,7 @@ from megatron_meta.manifest import (
     load_manifest,
     write_manifest,
 )
+from megatron_meta.outputs import check_output, disk_full_guard
 from megatron_meta.preprocess.runner import holdout_path, shard_prefix
 from megatron_meta.preprocess.writer import ShardWriter, token_dtype
 
@@ -210,7 +211,9 @@ def main(argv: List[str]) -> int:
 
     quiet_megatron_logs()
     args = build_parser().parse_args(argv)
-    manifest = merge_parts(args.input, args.output_prefix, ["megatron-meta", "merge"] + argv)
+    check_output(args.output_prefix, "--output-prefix", kind="prefix")
+    with disk_full_guard(args.output_prefix, lambda: []):  # merge_parts removes its temporaries
+        manifest = merge_parts(args.input, args.output_prefix, ["megatron-meta", "merge"] + argv)
     lines = [f"merged {len(args.input)} part(s) into {len(manifest.shards)} shard(s)"]
     for s in manifest.shards:
         lines.append(

@@ -21,12 +21,13 @@ from megatron_meta.study.spec import Study
 
 
 def local_command(node: Node, nproc: int) -> List[str]:
-    """The node's command on this machine: torchrun standalone for training."""
+    """The node's command on this machine: torchrun standalone (:mod:`megatron_meta.launch`) for
+    training."""
     if KINDS[node.kind].launcher == "torchrun":
         return [
             sys.executable,
             "-m",
-            "torch.distributed.run",
+            "megatron_meta.launch",  # torchrun, ending with the failed rank's message
             "--standalone",
             "--nproc-per-node",
             str(nproc),

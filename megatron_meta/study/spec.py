@@ -38,6 +38,7 @@ from typing import Any, Dict, List, Optional
 import yaml
 
 from megatron_meta.errors import ConfigError
+from megatron_meta.outputs import safe_name
 
 RUN_FIELDS = ("region", "exclude", "variant", "model")
 TOP_KEYS = ("name", "output_dir", "regions", "data", "defaults", "runs", "stages", "protocol")
@@ -122,6 +123,7 @@ def _expand(entry: Dict[str, Any], index: int, where: str) -> List[Run]:
             name = str(entry["name"]).format(**values)
         except KeyError as e:
             raise ConfigError(f"{where}: name {entry['name']!r} uses {e}, which the run lacks")
+        safe_name(name, f"{where}.name")  # it becomes runs/<name>/: nothing outside
         runs.append(
             Run(
                 name=name,
@@ -193,7 +195,9 @@ def load_study(path: str, output_dir: Optional[str] = None) -> Study:
     )
     return Study(
         path=os.path.abspath(path),
-        name=str(raw.get("name") or os.path.splitext(os.path.basename(path))[0]),
+        name=safe_name(
+            str(raw.get("name") or os.path.splitext(os.path.basename(path))[0]), f"{path}: name"
+        ),
         output_dir=base,
         regions=regions,
         data=data,

@@ -203,6 +203,9 @@ def main(argv: List[str]) -> int:
     prefix: str = args.output_prefix
     if prefix.endswith(".model"):
         prefix = prefix[: -len(".model")]
+    from megatron_meta.outputs import check_output
+
+    check_output(prefix, "--output-prefix", kind="prefix")  # before reading the corpus
     path = train_sentencepiece(
         texts,
         prefix,

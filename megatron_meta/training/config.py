@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import typing
 from dataclasses import dataclass, field
@@ -213,6 +214,12 @@ class CheckpointConfig:
         help="start a new run from these weights (a train or `convert from-hf` folder) while "
         "--load holds no checkpoint yet; a requeued job then resumes from --load",
     )
+    load_fallback: bool = _opt(
+        False,
+        "--load-fallback",
+        help="when the newest checkpoint of --load (or --save) is damaged (a file missing or cut), "
+        "resume from the newest complete earlier one instead of stopping",
+    )
 
 
 @dataclass
@@ -299,7 +306,10 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if base is float:
             if isinstance(value, bool):
                 raise ValueError(value)
-            return float(value)  # PyYAML reads '3e-3' as a string: accept it here
+            number = float(value)  # PyYAML reads '3e-3' as a string: accept it here
+            if not math.isfinite(number):  # inf/nan would train to NaN and exit 0
+                raise ConfigError(f"{where}: {value!r} is not a finite number")
+            return number
         if base is str:
             if isinstance(value, dict):  # region_weights written as a mapping in YAML
                 return ",".join(f"{k}={v}" for k, v in value.items())

@@ -16,10 +16,15 @@ from megatron_meta.models.presets import get_preset
 from megatron_meta.parallel import validate_layout
 from megatron_meta.platform import cpu as platform
 from megatron_meta.manifest import Manifest, load_manifest
+from megatron_meta.outputs import check_output
 from megatron_meta.training import checkpoint as ckpt
 from megatron_meta.training.config import RunConfig
 from megatron_meta.training.shards import parse_region_weights, select_shards
-from megatron_meta.training.starting_point import check_tokenizer, starting_point
+from megatron_meta.training.starting_point import (
+    check_tokenizer,
+    fall_back_if_damaged,
+    starting_point,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +123,9 @@ def preflight(config: RunConfig) -> Manifest:
     """Validate the config against the world size, the manifest and ``--load``; return the
     loaded manifest."""
     validate(config)
+    if config.checkpoint.save:  # resumable, so not refused when it exists; only creatable
+        check_output(config.checkpoint.save, "--save", overwrite=True)
+    fall_back_if_damaged(config)
     start = starting_point(config)
     preset = start.preset
     world_size = int(os.environ.get("WORLD_SIZE", "1"))

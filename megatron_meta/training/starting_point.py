@@ -10,6 +10,8 @@ no checkpoint, so a requeued job with ``--save X --load X`` resumes its own prog
 
 from __future__ import annotations
 
+import logging
+import os
 from dataclasses import dataclass
 from typing import Optional
 
@@ -17,6 +19,8 @@ from megatron_meta.checkpoints.layout import (
     CheckpointInfo,
     checkpoint_info,
     find_checkpoint,
+    newest_complete,
+    read_common,
     require_checkpoint,
 )
 from megatron_meta.errors import CheckpointError, ConfigError
@@ -25,6 +29,7 @@ from megatron_meta.manifest import Manifest
 from megatron_meta.training.config import RunConfig
 
 DEFAULT_PRESET = "tiny"
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,32 @@ def starting_point(config: RunConfig) -> StartingPoint:
     info = checkpoint_info(path)
     preset = get_preset(config.model.preset) if config.model.preset else info.preset
     return StartingPoint(preset, mode, path, flag)
+
+
+def fall_back_if_damaged(config: RunConfig) -> None:
+    """``--load-fallback``: point ``--load`` at the newest complete checkpoint when the newest one
+    of ``--load`` (or ``--save``) is damaged. Without the flag the damage stops the run with a
+    message naming the file and the earlier checkpoint (:func:`read_common`)."""
+    c = config.checkpoint
+    root = c.load or c.save
+    if not c.load_fallback or c.finetune or not root or not os.path.isdir(root):
+        return
+    try:
+        newest = find_checkpoint(root)
+        if newest is None:
+            return
+        read_common(newest)
+        return  # whole
+    except CheckpointError as e:
+        problem = str(e)
+    earlier = newest_complete(root)
+    if earlier is None:
+        raise CheckpointError(
+            f"{problem}; --load-fallback: no complete earlier checkpoint in {root}"
+        )
+    damaged = problem.split("; the newest")[0]
+    logger.warning("%s; --load-fallback: resuming from %s", damaged, earlier)
+    c.load = earlier
 
 
 def check_tokenizer(info: CheckpointInfo, manifest: Manifest, flag: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 from typing import Callable, Dict
 
@@ -68,6 +69,10 @@ def _mcq(args: argparse.Namespace) -> int:
                         ("--batch-size", args.batch_size), ("--max-new-tokens", args.max_new_tokens)):
         if value is not None and value < 1:
             raise ConfigError(f"{flag} {value}: must be at least 1")
+    if not (math.isfinite(args.temperature) and args.temperature >= 0):
+        raise ConfigError(f"--temperature {args.temperature}: must be 0 (greedy) or a positive number")
+    if not (0 < args.top_p <= 1):
+        raise ConfigError(f"--top-p {args.top_p}: must be in (0, 1]")
     config = McqConfig(
         models=args.model, benchmark=args.benchmark, scoring=args.scoring, settings=args.metadata[0],
         model_settings=args.metadata if len(args.metadata) > 1 else None, protocol=args.protocol,
