@@ -12,7 +12,8 @@
   same tensor-parallel-aware gradient norm.
 
 Both expose ``step() -> (ok, grad_norm, _)``, ``zero_grad()``, ``param_groups``,
-``sharded_state_dict(model_sharded_state_dict, is_loading)`` and ``load_state_dict(sd)``.
+``sharded_state_dict(model_sharded_state_dict, is_loading, metadata)``, ``load_state_dict(sd)``
+and ``reload_model_params()`` (after weights were loaded without optimizer state).
 """
 
 from __future__ import annotations
@@ -183,7 +184,12 @@ class CpuAdamW:
                     "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format),
                 }
 
-    def sharded_state_dict(self, model_sharded_state_dict: Dict, is_loading: bool = False) -> Dict:
+    def reload_model_params(self) -> None:
+        """Nothing to refresh: torch's AdamW steps the model's own (fp32) parameters."""
+
+    def sharded_state_dict(
+        self, model_sharded_state_dict: Dict, is_loading: bool = False, metadata=None
+    ) -> Dict:
         from megatron.core.dist_checkpointing.optimizer import (
             get_param_id_to_sharded_param_map,
             optim_state_to_sharding_state,
@@ -205,6 +211,20 @@ class CpuAdamW:
         for param_state in state["state"].values():
             param_state["step"] = torch.tensor(step, dtype=torch.float32)
         self.optimizer.load_state_dict(state)
+
+
+def optimizer_kind(optimizer: Any) -> str:
+    """Which optimizer's state a checkpoint holds: ``cpu-adamw``, ``megatron-fp32``,
+    ``megatron-bf16`` (fp32 main weights kept too), each ``-distributed`` or not: their states
+    are laid out differently, so one cannot resume another's."""
+    if isinstance(optimizer, CpuAdamW):
+        return "cpu-adamw"
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+
+    inner = getattr(optimizer, "chained_optimizers", [optimizer])
+    distributed = any(isinstance(o, DistributedOptimizer) for o in inner)
+    precision = "bf16" if any(getattr(o.config, "bf16", False) for o in inner) else "fp32"
+    return f"megatron-{precision}" + ("-distributed" if distributed else "")
 
 
 def build_optimizer(

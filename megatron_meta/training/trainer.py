@@ -17,7 +17,7 @@ import os
 import signal
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterable, Optional
 
 import torch
 import torch.distributed as dist
@@ -31,6 +31,7 @@ from megatron_meta.parallel import ParallelInfo, destroy_parallel, initialize_pa
 from megatron_meta.platform import cpu as platform
 from megatron_meta.manifest import Manifest
 from megatron_meta.training import checkpoint as ckpt
+from megatron_meta.training import nonfinite
 from megatron_meta.training.config import RunConfig, TrainingConfig, dump_yaml
 from megatron_meta.training.data import TrainBatches, build_phases
 from megatron_meta.training.metrics import LossWindow, MetricsWriter, Throughput
@@ -91,33 +92,57 @@ class StopRequest:
             signal.signal(sig, handler)
 
 
+def _to_device(mb: Dict[str, torch.Tensor], device: torch.device) -> Dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in mb.items()}
+
+
 def forward_backward(
-    model: torch.nn.Module, micro_batches: List[Dict[str, torch.Tensor]], info: ParallelInfo
+    model: torch.nn.Module, micro_batches: Iterable[Dict[str, torch.Tensor]], info: ParallelInfo
 ) -> float:
-    """Accumulate the gradient of the global-batch mean loss into megatron DDP's buffers."""
+    """Accumulate the gradient of the global-batch mean loss into megatron DDP's buffers.
+
+    Micro-batches are pulled one at a time; the next one is fetched and its (pinned,
+    non-blocking) copy to the GPU issued before the current forward, so loading overlaps compute.
+    As in Megatron-LM's per-token loss, each backward is of the summed loss and the gradients
+    are divided by the global token count once it is known, after the reduction.
+    """
     from megatron.core import parallel_state
 
     dp_group = parallel_state.get_data_parallel_group()
     device = info.device
-    tokens = torch.stack([mb["loss_mask"].sum() for mb in micro_batches]).sum().reshape(1)
-    tokens = tokens.to(device=device, dtype=torch.float64)
-    dist.all_reduce(tokens, group=dp_group)
-    denominator = max(float(tokens.item()), 1.0)
-    # megatron DDP averages gradients over data-parallel ranks; scale by dp_size to sum instead.
-    scale = info.dp_size / denominator
-    loss_sum = torch.zeros(1, dtype=torch.float64, device=device)
-    last = len(micro_batches) - 1
-    for i, mb in enumerate(micro_batches):
-        mb = {k: v.to(device, non_blocking=True) for k, v in mb.items()}
-        sync = contextlib.nullcontext() if i == last else model.no_sync()
+    totals = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, loss-bearing tokens
+    pending = iter(micro_batches)
+    upcoming = next(pending, None)
+    if upcoming is None:
+        raise ValueError("forward_backward() needs at least one micro-batch")
+    upcoming = _to_device(upcoming, device)
+    while upcoming is not None:
+        mb = upcoming
+        following = next(pending, None)
+        upcoming = None if following is None else _to_device(following, device)
+        # megatron DDP reduces once, after the last micro-batch's backward.
+        sync = contextlib.nullcontext() if upcoming is None else model.no_sync()
         with sync:
             per_token = model(mb["tokens"], mb["position_ids"], None, labels=mb["labels"])
             summed = (per_token.float() * mb["loss_mask"]).sum()
-            (summed * scale).backward()
-        loss_sum += summed.detach().double()
+            summed.backward()
+        totals[0] += summed.detach().double()
+        totals[1] += mb["loss_mask"].sum().double()
     model.finish_grad_sync()
-    dist.all_reduce(loss_sum, group=dp_group)
-    return float(loss_sum.item()) / denominator
+    dist.all_reduce(totals, group=dp_group)
+    denominator = max(float(totals[1].item()), 1.0)
+    # megatron DDP averaged the gradients over data-parallel ranks; dp_size turns that into a sum.
+    model.scale_gradients(info.dp_size / denominator)
+    return float(totals[0].item()) / denominator
+
+
+def overlap_grad_reduce(requested: Optional[bool], info: ParallelInfo) -> bool:
+    """``--overlap-grad-reduce``, by default on with CUDA when data-parallel ranks span nodes
+    (where the reduction is slow enough to be worth hiding behind the backward)."""
+    if requested is not None:
+        return requested
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", info.world_size))
+    return platform.cuda_available() and info.dp_size > 1 and local < info.world_size
 
 
 class TrainingRun:
@@ -143,6 +168,7 @@ class TrainingRun:
         ddp_config = DistributedDataParallelConfig(
             grad_reduce_in_fp32=self.bf16,
             use_distributed_optimizer=config.parallel.use_distributed_optimizer,
+            overlap_grad_reduce=overlap_grad_reduce(config.parallel.overlap_grad_reduce, info),
         )
         self.model = DistributedDataParallel(model.config, ddp_config, model)
         self.optimizer = build_optimizer(
@@ -174,6 +200,7 @@ class TrainingRun:
         )
         self.losses = LossWindow()
         self.iteration = 0
+        self.skipped_iterations = 0
         self.last_saved: Optional[int] = None
         self.summary = TrainSummary(iteration=0)
         self.stop = StopRequest()
@@ -200,6 +227,9 @@ class TrainingRun:
         if self.start.mode == "weights":  # --finetune / --pretrained-checkpoint: a new run
             identity = ckpt.model_identity(self.preset, self.vocab_size)
             ckpt.load_weights(self.start.path, self.model, identity, self.start.flag)
+            # bf16: megatron's optimizer copied the random weights into its fp32 main weights
+            # when it was built and copies those back after every step (Megatron-LM does this).
+            self.optimizer.reload_model_params()
             return
         if not c.load:
             return
@@ -242,14 +272,27 @@ class TrainingRun:
         o, t = self.config.optimizer, self.config.training
         lr = learning_rate(self.iteration + 1, o, t.train_iters)
         set_learning_rate(self.optimizer, lr, o.weight_decay)
-        micro_batches = self.batches.get(self.iteration)
+        micro_batches = self.batches.micro_batches(self.iteration)
         self.model.zero_grad_buffer()
         self.optimizer.zero_grad()
         loss = forward_backward(self.model, micro_batches, self.info)
-        _, grad_norm, _ = self.optimizer.step()
+        if nonfinite.nonfinite(loss, self.model, self.info.device):
+            if t.on_nonfinite == "stop":
+                raise nonfinite.NonFiniteError(
+                    nonfinite.message(self.iteration + 1, loss, self.last_saved)
+                )
+            logger.warning(
+                "iteration %d: non-finite loss or gradient (loss %s): step skipped "
+                "(--on-nonfinite skip)", self.iteration + 1, loss,
+            )
+            self.optimizer.zero_grad()
+            self.skipped_iterations += 1
+            grad_norm = float("nan")
+        else:
+            _, grad_norm, _ = self.optimizer.step()
+            self.losses.add(loss)
         self.iteration += 1
         self.throughput.iteration_done()
-        self.losses.add(loss)
         self.summary.losses[self.iteration] = loss
         self.last_lr, self.last_grad_norm = lr, grad_norm
         return loss
@@ -302,6 +345,8 @@ class TrainingRun:
         }
         if val_loss is not None:
             record["val_loss"] = val_loss
+        if self.skipped_iterations:
+            record["skipped_iterations"] = self.skipped_iterations
         self.metrics.write(record, self.config.training.train_iters)
 
     def save_if_due(self) -> None:
