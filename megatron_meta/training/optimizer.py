@@ -244,8 +244,18 @@ def build_optimizer(
         logger.info("optimizer: torch AdamW on megatron DDP's main_grad (CPU)")
         return CpuAdamW(model, config)
 
+    import megatron.core.optimizer as megatron_optimizer
     from megatron.core.optimizer import OptimizerConfig as MegatronOptimizerConfig
     from megatron.core.optimizer import get_megatron_optimizer
+
+    if use_distributed_optimizer and megatron_optimizer.USING_PYTORCH_OPTIMIZER:
+        # Its fully reshardable checkpoint cannot be read back into torch's AdamW in 0.16.1
+        # (the per-parameter 'step' is not restored: KeyError 'step' at load).
+        raise ConfigError(
+            "--use-distributed-optimizer needs Transformer Engine's or apex's fused Adam "
+            "(megatron-core falls back to torch AdamW without them, whose distributed state it "
+            "cannot reload); pip install -e '.[gpu]', or drop the flag"
+        )
 
     megatron_config = MegatronOptimizerConfig(
         optimizer="adam",
