@@ -153,7 +153,7 @@ def test_local_checkpoint_loads_into_a_model_with_extra_state(parallel, tmp_path
     from megatron.core.models.gpt import GPTModel
 
     preset = get_preset("tiny")
-    source = build_model(preset, vocab_size=VOCAB, seq_length=SEQ, tp_size=1)
+    source = build_model(preset, vocab_size=VOCAB, seq_length=SEQ, tp_size=1, backend="local")
     identity = ckpt.model_identity(preset, VOCAB)
     root = str(tmp_path / "local")
     common = {"model_identity": identity, "weights_only": True, "consumed_samples": 0}
@@ -348,7 +348,8 @@ def test_micro_batches_are_pulled_one_ahead_of_the_forward(parallel):
     from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
 
     events = []
-    model = build_model(get_preset("tiny"), vocab_size=VOCAB, seq_length=SEQ, tp_size=1)
+    model = build_model(get_preset("tiny"), vocab_size=VOCAB, seq_length=SEQ, tp_size=1,
+                        bf16=False)
     model.register_forward_pre_hook(lambda m, a: events.append("forward"))
     ddp = DistributedDataParallel(model.config, DistributedDataParallelConfig(), model)
 
@@ -357,7 +358,7 @@ def test_micro_batches_are_pulled_one_ahead_of_the_forward(parallel):
             events.append(f"load{i}")
             yield batch(i)
 
-    info = ParallelInfo(0, 1, 0, 1, 0, 1, 0, torch.device("cpu"))
+    info = parallel
     ddp.zero_grad_buffer()
     loss = forward_backward(ddp, loader(), info)
     assert events == ["load0", "load1", "forward", "load2", "forward", "forward"]
