@@ -295,6 +295,21 @@ def test_pretrained_checkpoint_with_bf16_megatron_optimizer_keeps_the_weights(ma
     )
 
 
+def test_bf16_megatron_optimizer_resumes_where_it_stopped(manifest, tmp_path):
+    """megatron-core's bf16 optimizer (fp32 main weights in its sharded state) through a save,
+    an exit and a resume: the same losses as the uninterrupted run. Never run before issue 12
+    (no GPU); the CPU runs it here."""
+    whole, part = str(tmp_path / "whole"), str(tmp_path / "part")
+    common = {"--bf16": True, "--train-iters": 4}
+    for save, more in ((whole, {}), (part, {"--exit-interval": 2}), (part, {})):
+        result = simulate_train(tiny_args(manifest, **{"--save": save, **common, **more}))
+        assert result.returncode == 0, result.stderr[-3000:]
+    reference, resumed = losses_by_iteration(whole), losses_by_iteration(part)
+    assert sorted(resumed) == [1, 2, 3, 4]
+    for i in range(1, 5):
+        assert math.isclose(resumed[i], reference[i], rel_tol=1e-5), (reference, resumed)
+
+
 def test_nonfinite_loss_stops_the_bf16_megatron_optimizer(manifest, tmp_path):
     """Before: megatron-core's bf16 optimizer (no loss scaler, so no inf check) applied the NaN
     step and the run went on to finish with NaN weights and exit code 0."""

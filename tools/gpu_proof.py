@@ -50,8 +50,13 @@ def run_tests(work: str, timeout: int) -> list:
     """(name, outcome, seconds, message) per gpu-marked test."""
     xml = os.path.join(work, "junit.xml")
     env = {**os.environ, "MM_GPU_PROOF_DIR": work, "PYTHONPATH": REPO}
-    subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-rs", f"--junitxml={xml}",
-                    *GPU_TESTS], cwd=REPO, env=env, timeout=timeout)
+    try:
+        subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-rs",
+                        f"--junitxml={xml}", *GPU_TESTS], cwd=REPO, env=env, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return [("the gpu-marked tests", "ERROR", float(timeout), f"timed out after {timeout} s")]
+    if not os.path.exists(xml):
+        return [("the gpu-marked tests", "ERROR", 0.0, "pytest wrote no results")]
     rows = []
     for case in ET.parse(xml).getroot().iter("testcase"):
         outcome, message = "passed", ""
@@ -69,8 +74,11 @@ def throughput(work: str, impl: str, timeout: int) -> dict:
     cmd = [sys.executable, "tools/benchmark_throughput.py", "--model", "paper-1b",
            "--seq-length", "2048", "--micro-batch-size", "4", "--transformer-impl", impl,
            "--bf16", "--no-hf", "--iters", "5", "--rounds", "2", "--json-out", out]
-    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout,
-                            env={**os.environ, "PYTHONPATH": REPO})
+    try:
+        result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout,
+                                env={**os.environ, "PYTHONPATH": REPO})
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout} s"}
     if result.returncode != 0 or not os.path.exists(out):
         return {"error": (result.stderr.strip().splitlines() or ["no output"])[-1][:200]}
     with open(out, encoding="utf-8") as f:
@@ -113,7 +121,7 @@ def main() -> int:
     args = parser.parse_args()
     start = time.time()
     with tempfile.TemporaryDirectory(prefix="gpu-proof-") as work:
-        rows = run_tests(work, timeout=420)
+        rows = run_tests(work, timeout=400)
         figures = []
         path = os.path.join(work, "figures.jsonl")
         if os.path.exists(path):
@@ -122,7 +130,7 @@ def main() -> int:
         bench = {}
         if not args.skip_throughput:
             for impl in ("transformer_engine", "local"):
-                bench[impl] = throughput(work, impl, timeout=150)
+                bench[impl] = throughput(work, impl, timeout=90)
     text = report(rows, figures, bench, time.time() - start)
     tmp = args.output + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:

@@ -3,9 +3,10 @@
 Launch one process per GPU (or per CPU rank) with ``torchrun``; see :mod:`.cli` for examples.
 
 The loss of an iteration is the mean over every loss-bearing token of its global batch (all
-micro-batches on all data-parallel ranks), however the batch is split: each micro-batch's
-backward is scaled by the global token count, which makes DP=2 equal one process with the same
-global batch, and TP=2 equal TP=1.
+micro-batches on all data-parallel ranks), however the batch is split: the gradients of the
+summed loss are divided by the global token count after the reduction, which makes DP=2 equal
+one process with the same global batch, and TP=2 equal TP=1. A NaN/inf loss or gradient stops
+the run or skips the step (:mod:`.nonfinite`) before the optimizer sees it.
 """
 
 from __future__ import annotations
