@@ -132,46 +132,66 @@ def test_bf16_local_model_has_only_bf16_parameters(parallel):
 # Defect 4: a TE-spec model reading a local-spec checkpoint
 
 
-def _extra_state_layer():
-    from megatron.core.tensor_parallel import ColumnParallelLinear
+def _core_attention_with_extra_state(sharded: bool):
+    """Our SDPA core attention carrying an ``_extra_state`` entry as Transformer Engine's
+    ``DotProductAttention`` does (FP8 metadata; an empty tensor in bf16). ``sharded``: also in
+    its sharded state dict (megatron's TE wrapper of 0.16.1 leaves it out, so it is then only
+    in ``state_dict()``)."""
+    from megatron.core.transformer.utils import make_sharded_object_for_checkpoint
 
-    class ColumnParallelLinearWithExtraState(ColumnParallelLinear):
-        """Saves an ``_extra_state`` entry as every Transformer Engine module does."""
+    from megatron_meta.models.attention import SDPACoreAttention
 
+    class CoreAttentionWithExtraState(SDPACoreAttention):
         def get_extra_state(self):
-            return torch.zeros(0, dtype=torch.uint8)  # TE's value without FP8 state
+            return torch.zeros(0, dtype=torch.uint8)
 
         def set_extra_state(self, state):
             self.loaded_extra_state = state
 
-    return ColumnParallelLinearWithExtraState
+        def sharded_state_dict(self, prefix="", sharded_offsets=(), metadata=None):
+            if not sharded:
+                return {}
+            key = f"{prefix}_extra_state"
+            return {key: make_sharded_object_for_checkpoint(
+                self.get_extra_state(), key, sharded_offsets)}
+
+    return CoreAttentionWithExtraState
 
 
-def test_local_checkpoint_loads_into_a_model_with_extra_state(parallel, tmp_path):
-    """Before: ``load_weights`` failed in dist_checkpointing.load on the missing
-    ``decoder.layers.self_attention.linear_qkv._extra_state`` objects."""
+@pytest.mark.parametrize("sharded", [False, True])
+def test_local_checkpoint_loads_into_a_model_with_extra_state(parallel, tmp_path, sharded):
+    """A local-spec checkpoint read by a model whose core attention has ``_extra_state``, as
+    TE's. (megatron's local linears save an ``_extra_state`` of None themselves, so the linear
+    layers' entries exist in a local checkpoint.) Before: ``load_weights`` raised
+    ``RuntimeError: Error(s) in loading state_dict for GPTModel: Missing key(s) in state_dict:
+    "decoder.layers.0.self_attention.core_attention._extra_state"`` (not sharded), or
+    ``RuntimeError: Missing key in checkpoint state_dict:
+    decoder.layers.self_attention.core_attention._extra_state/shard_0_2`` (sharded)."""
     from megatron.core.models.gpt import GPTModel
+
+    from megatron_meta.checkpoints.write import save_state
 
     preset = get_preset("tiny")
     source = build_model(preset, vocab_size=VOCAB, seq_length=SEQ, tp_size=1, backend="local")
     identity = ckpt.model_identity(preset, VOCAB)
     root = str(tmp_path / "local")
     common = {"model_identity": identity, "weights_only": True, "consumed_samples": 0}
-    from megatron_meta.checkpoints.write import save_state
-
     save_state(root, 1, {"model": source.sharded_state_dict(), "iteration": 1,
                          "format_version": ckpt.FORMAT_VERSION, **common})
 
     spec = layer_spec("local", "sdpa")
-    spec.submodules.self_attention.submodules.linear_qkv = _extra_state_layer()
+    spec.submodules.self_attention.submodules.core_attention = (
+        _core_attention_with_extra_state(sharded)
+    )
     config = transformer_config(preset, tp_size=1, bf16=False, seq_length=SEQ)
     target = GPTModel(config=config, transformer_layer_spec=block_spec(spec, 2, "local"),
                       vocab_size=512, max_sequence_length=SEQ, position_embedding_type="rope")
-    assert any(k.endswith("linear_qkv._extra_state") for k in target.state_dict())
+    assert any(k.endswith("core_attention._extra_state") for k in target.state_dict())
     ckpt.load_weights(root, target, identity, "--pretrained-checkpoint")
-    for (name, a), (_, b) in zip(source.state_dict().items(), target.state_dict().items()):
+    loaded = target.state_dict()
+    for name, a in source.state_dict().items():
         if isinstance(a, torch.Tensor) and "_extra_state" not in name:
-            assert torch.equal(a, b), name
+            assert torch.equal(a, loaded[name]), name
 
     # Anything else missing is still an error, naming the tensors (here: QK norms).
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
