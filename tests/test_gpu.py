@@ -81,14 +81,19 @@ def test_pretrained_checkpoint_keeps_the_trained_weights(manifest, tmp_path):
     }), env_extra=GPU0)
     assert result.returncode == 0, result.stderr[-3000:]
     new = losses_by_iteration(tuned)
-    # The first loss is computed before any step, so it shows the load; the later ones show
-    # that the optimizer kept the loaded weights (a random model scores about ln V).
+    # The first loss is computed before any optimizer step, so it shows only that the weights
+    # were loaded; the later ones show that the optimizer kept them (megatron's fp32 main
+    # weights are refreshed after the load). The new run starts its data afresh, so its losses
+    # are on other batches than the source's last one: compared with what the source learned.
+    learned = src[1] - src[6]
     first_rel = abs(new[1] - src[6]) / src[6]
-    record("--pretrained-checkpoint from a 6-iteration run", source_last=src[6],
-           continued=[new[1], new[2], new[3]], first_rel_diff=first_rel, ln_v=math.log(VOCAB))
-    assert first_rel < 0.05, (src, new)
-    for i in (2, 3):
-        assert abs(new[i] - new[1]) < 0.25 * (math.log(VOCAB) - src[6]), (src, new)
+    record("--pretrained-checkpoint from a 6-iteration run", source_first=src[1],
+           source_last=src[6], continued=[new[1], new[2], new[3]], first_rel_diff=first_rel,
+           ln_v=math.log(VOCAB))
+    assert learned > 0.5, src
+    for i in (1, 2, 3):
+        assert abs(new[i] - src[6]) < 0.5 * learned, (src, new)
+        assert abs(new[i] - new[1]) < 0.25 * learned, (src, new)
 
 
 SCORE = textwrap.dedent(
