@@ -84,6 +84,8 @@ def gpu_model(kernels: Kernels, core_attention: str):
                     max_sequence_length=SEQ, position_embedding_type="rope")
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="runs the GPU configuration on the CPU "
+                    "path in this process; on a GPU, tests/test_gpu.py runs it for real")
 def test_gpu_config_of_the_local_spec_builds_and_runs_in_bf16(parallel, monkeypatch):
     """Before: GPTModel raised ``AssertionError: persist_layer_norm not supported by torch
     LayerNorm`` (WrappedTorchNorm); with apex but no TE ``AssertionError: (RMSNorm) is not
