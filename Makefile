@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.megatron-meta-installed
 DEMO_DIR ?= runs/study-demo
 
-.PHONY: venv demo test test-fast bench bench-preprocess bench-throughput clean
+.PHONY: venv demo test test-fast bench bench-preprocess bench-throughput gpu-proof clean
 
 venv: $(STAMP)
 
@@ -36,6 +36,11 @@ bench-preprocess: venv
 
 bench-throughput: venv
 	$(PY) tools/benchmark_throughput.py
+
+# On a GPU machine: the gpu-marked tests and paper-1b throughput -> benchmarks/gpu.md
+# (tools/gpu_proof.sh; WHEELS=DIR installs from a wheel folder, offline). Without CUDA it says so.
+gpu-proof:
+	bash tools/gpu_proof.sh
 
 clean:
 	rm -rf $(VENV) runs *.egg-info

@@ -39,7 +39,8 @@ setup(
         "matplotlib",
     ],
     extras_require={
-        "gpu": ["transformer-engine[pytorch]"],
+        # The Transformer Engine range megatron-core 0.16.1 declares (its `dev` extra).
+        "gpu": ["transformer-engine[pytorch]>=2.9.0a0,<2.12.0"],
         # Hugging Face interop, LoRA and the harness: versions tried together (FACTS section 4).
         "hf": HF,
         "dev": ["pytest", "tiktoken", "datasets"] + HF,  # datasets: tests write save_to_disk folders

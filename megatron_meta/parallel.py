@@ -109,7 +109,7 @@ def initialize_parallel(tp: int, seed: int) -> ParallelInfo:
     watch_launcher()  # a rank whose torchrun died exits instead of hanging
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if platform.cuda_available():
-        torch.cuda.set_device(local_rank)
+        torch.cuda.set_device(platform.device())
         backend = "nccl"
     else:
         backend = "gloo"

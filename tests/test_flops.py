@@ -67,7 +67,9 @@ def test_mfu():
     [("NVIDIA H100 80GB HBM3", "H100 SXM"), ("NVIDIA H100 PCIe", "H100 PCIe"),
      ("NVIDIA H100 NVL", "H100 NVL"), ("NVIDIA A100-SXM4-80GB", "A100"),
      ("NVIDIA A100-PCIE-40GB", "A100"), ("NVIDIA H200", "H200"), ("NVIDIA GH200 480GB", "GH200"),
-     ("NVIDIA L40S", "L40S"), ("NVIDIA L4", "L4"), ("NVIDIA B200", "B200")],
+     ("NVIDIA L40S", "L40S"), ("NVIDIA L4", "L4"), ("NVIDIA B200", "B200"),
+     # were mismatched by substring: H200 NVL -> H200, L40 -> L4, H800 PCIe -> H800 (SXM)
+     ("NVIDIA H200 NVL", "H200 NVL"), ("NVIDIA L40", "L40"), ("NVIDIA H800 PCIe", "H800 PCIe")],
 )
 def test_device_table(name, key):
     assert match_device(name) == key

@@ -87,6 +87,7 @@ def test_inactive_when_cuda_is_available(tmp_path):
         f"""
         import os, importlib, torch
         torch.cuda.is_available = lambda: True  # what a GPU machine reports
+        torch.cuda.device_count = lambda: 2
         os.environ["LOCAL_RANK"] = "1"
         from megatron_meta.platform import cpu
         names = (list(cpu.CURRENT_DEVICE_MODULES) + list(cpu.LITERAL_CUDA_MODULES)

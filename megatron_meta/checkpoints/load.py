@@ -8,6 +8,7 @@ from typing import Optional, Tuple
 import torch
 
 from megatron_meta.checkpoints.layout import CheckpointInfo, checkpoint_info
+from megatron_meta.checkpoints.model_state import apply_model_state, load_sharded
 
 logger = logging.getLogger(__name__)
 
@@ -24,7 +25,7 @@ def load_model_for_eval(
 
     Starts the process group (a group of one under plain ``python``) if none is running.
     """
-    from megatron.core import dist_checkpointing, parallel_state
+    from megatron.core import parallel_state
 
     from megatron_meta.models.build import build_model
     from megatron_meta.parallel import initialize_parallel
@@ -41,8 +42,8 @@ def load_model_for_eval(
         bf16=bf16,
         init_weights=False,  # every weight comes from the checkpoint
     )
-    state = dist_checkpointing.load({"model": model.sharded_state_dict()}, info.path)
-    model.load_state_dict(state["model"])
+    state = load_sharded({"model": model.sharded_state_dict()}, info.path, checkpoint_dir)
+    apply_model_state(model, state["model"], checkpoint_dir)
     model.eval()
     logger.info(
         "loaded %s weights from %s (iteration %d)", info.preset.name, info.path, info.iteration

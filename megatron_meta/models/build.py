@@ -5,12 +5,12 @@ from __future__ import annotations
 import importlib.util
 import logging
 import math
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
 from megatron_meta.errors import ConfigError
-from megatron_meta.models.presets import ModelPreset, transformer_config
+from megatron_meta.models.presets import ModelPreset, detect_kernels, transformer_config
 from megatron_meta.platform import cpu as platform
 
 logger = logging.getLogger(__name__)
@@ -78,6 +78,22 @@ def layer_spec(backend: str, core_attention: str = "sdpa"):
 
         spec.submodules.self_attention.submodules.core_attention = SDPACoreAttention
     return spec
+
+
+def block_spec(layer: Any, num_layers: int, backend: str):
+    """The decoder block of ``num_layers`` copies of ``layer``, with the final norm named.
+
+    Given a bare layer spec, megatron-core's ``TransformerBlock`` picks the final norm from what
+    is installed (TE's, else apex's ``FusedLayerNorm``, which asserts LayerNorm and so crashes
+    on our RMSNorm, else torch's). The local spec gets torch's RMSNorm, as its other norms.
+    """
+    from megatron.core.transformer.transformer_block import TransformerBlockSubmodules
+
+    if backend == "transformer_engine":
+        return layer  # TENorm: RMSNorm-capable
+    from megatron.core.transformer.torch_norm import WrappedTorchNorm
+
+    return TransformerBlockSubmodules(layer_specs=[layer] * num_layers, layer_norm=WrappedTorchNorm)
 
 
 def pad_vocab_size(vocab_size: int, tp_size: int, multiple: int = 128) -> int:
@@ -159,12 +175,15 @@ def build_model(
         tp_size=tp_size,
         bf16=bf16,
         seq_length=seq_length,
+        kernels=detect_kernels(chosen),
         perform_initialization=init_weights,
     )
     padded = padded_vocab_size or pad_vocab_size(vocab_size, tp_size)
     model = GPTModel(
         config=config,
-        transformer_layer_spec=layer_spec(chosen, core_attention),
+        transformer_layer_spec=block_spec(
+            layer_spec(chosen, core_attention), preset.num_layers, chosen
+        ),
         vocab_size=padded,
         max_sequence_length=seq_length,
         pre_process=True,
@@ -176,6 +195,10 @@ def build_model(
         rope_scaling=preset.rope_scaling,
         rope_scaling_factor=preset.rope_scaling_factor,
     )
+    if bf16:
+        # What Megatron-LM's Float16Module does to the parameters: the norms' weights are built
+        # in fp32 by torch and would keep the local path's norms (and their inputs) in fp32.
+        model.bfloat16()
     model.to(platform.device())
     if padded > vocab_size:
         mask_padded_vocabulary(model, vocab_size)

@@ -23,6 +23,7 @@ Training costs 3x the forward: the backward computes gradients of both inputs an
 from __future__ import annotations
 
 import logging
+import re
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -39,25 +40,32 @@ PEAK_BF16_FLOPS: Dict[str, float] = {
     "H100 PCIe": 756.5e12,
     "H100 NVL": 835.5e12,
     "H800": 989.4e12,
+    "H800 PCIe": 756.5e12,
     "H200": 989.4e12,
+    "H200 NVL": 835.5e12,
     "GH200": 989.4e12,
     "B200": 2250e12,
     "L40S": 362.05e12,
+    "L40": 181.05e12,
     "L4": 121e12,
 }
 
-# (substring of torch.cuda.get_device_name(), table key), most specific first.
+# (model name in torch.cuda.get_device_name(), table key), most specific first. A name matches
+# as a whole word ("L4" is not in "L40", "H200" not in "GH200").
 _NAME_PATTERNS: List[Tuple[str, str]] = [
     ("GH200", "GH200"),
+    ("H200 NVL", "H200 NVL"),
     ("H200", "H200"),
     ("H100 PCIE", "H100 PCIe"),
     ("H100 NVL", "H100 NVL"),
     ("H100", "H100 SXM"),  # "NVIDIA H100 80GB HBM3" is the SXM part
+    ("H800 PCIE", "H800 PCIe"),
     ("H800", "H800"),
     ("A100", "A100"),
     ("A800", "A800"),
     ("B200", "B200"),
     ("L40S", "L40S"),
+    ("L40", "L40"),
     ("L4", "L4"),
 ]
 
@@ -93,7 +101,7 @@ def match_device(device_name: str) -> Optional[str]:
     """The table key for a CUDA device name, or None if it is not in the table."""
     upper = device_name.upper()
     for pattern, key in _NAME_PATTERNS:
-        if pattern in upper:
+        if re.search(rf"(?<![A-Z0-9]){re.escape(pattern)}(?![A-Z0-9])", upper):
             return key
     return None
 

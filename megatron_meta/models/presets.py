@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import torch
 import torch.nn.functional as F
@@ -159,13 +159,82 @@ def get_preset(name: str) -> ModelPreset:
         ) from None
 
 
+@dataclass(frozen=True)
+class Kernels:
+    """Which CUDA kernels this process can use; every field is False without CUDA."""
+
+    cuda: bool = False
+    """CUDA is available."""
+    transformer_engine: bool = False
+    """The Transformer Engine layer spec is in use (its fused RoPE, cross-entropy and wgrad)."""
+    fused_softmax: bool = False
+    """megatron's fused softmax extensions import (``scaled_masked_softmax_cuda`` and
+    ``scaled_upper_triang_masked_softmax_cuda``, built by apex or Megatron-LM)."""
+    fused_wgrad: bool = False
+    """apex's ``fused_weight_gradient_mlp_cuda`` imports (gradient accumulation fusion of the
+    local linears)."""
+
+
+_SOFTMAX_MODULES = ("scaled_masked_softmax_cuda", "scaled_upper_triang_masked_softmax_cuda")
+
+
+def _importable(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
+
+
+def detect_kernels(backend: str) -> Kernels:
+    """The kernels of this machine for a layer spec chosen by ``select_backend``."""
+    if not platform.cuda_available():
+        return Kernels()
+    return Kernels(
+        cuda=True,
+        transformer_engine=backend == "transformer_engine",
+        fused_softmax=all(_importable(m) for m in _SOFTMAX_MODULES),
+        fused_wgrad=_importable("fused_weight_gradient_mlp_cuda"),
+    )
+
+
+def fusion_fields(kernels: Kernels) -> Dict[str, Any]:
+    """``TransformerConfig`` fusion switches for ``kernels``: each on only where its kernel
+    exists, so no configuration asks megatron-core for a kernel that is not there.
+
+    * ``persist_layer_norm`` stays off: it only selects apex's persistent LayerNorm kernel, we
+      use RMSNorm, and megatron's torch norm (``WrappedTorchNorm``) asserts it is off.
+    * ``masked_softmax_fusion`` (megatron core attention) needs the fused softmax extensions: in
+      bf16 ``FusedScaleMaskSoftmax`` imports them on the first forward.
+    * With Transformer Engine, as Megatron-LM: fused RoPE, TE's vocab-parallel cross-entropy
+      (no fp32 copy of the 128k-wide logits per micro-batch) and wgrad accumulation fused into
+      the GEMMs (into megatron DDP's ``main_grad``).
+    """
+    te = kernels.cuda and kernels.transformer_engine
+    return dict(
+        # On the CPU, weights are built whole and split (the same draws at any TP size).
+        use_cpu_initialization=not kernels.cuda,
+        bias_activation_fusion=kernels.cuda,  # torch-jit fused SwiGLU: no extension needed
+        masked_softmax_fusion=kernels.cuda and kernels.fused_softmax,
+        persist_layer_norm=False,
+        apply_rope_fusion=te,
+        cross_entropy_loss_fusion=te,
+        cross_entropy_fusion_impl="te" if te else "native",
+        gradient_accumulation_fusion=te or (kernels.cuda and kernels.fused_wgrad),
+    )
+
+
 def transformer_config(
-    preset: ModelPreset, *, tp_size: int, bf16: bool, seq_length: int, **overrides: Any
+    preset: ModelPreset,
+    *,
+    tp_size: int,
+    bf16: bool,
+    seq_length: int,
+    kernels: Optional[Kernels] = None,
+    **overrides: Any,
 ):
     """megatron-core ``TransformerConfig`` of a Llama-style decoder for ``preset``.
 
     ``overrides`` are ``TransformerConfig`` fields set last (e.g. ``recompute_granularity``).
-    CUDA-only fusions are switched on only where CUDA is present.
+    ``kernels`` (default: :func:`detect_kernels` for the local spec) decides the CUDA fusions.
     """
     from megatron.core.transformer import TransformerConfig
 
@@ -174,7 +243,8 @@ def transformer_config(
             f"--seq-length {seq_length} exceeds the {preset.name} preset's "
             f"max_position_embeddings={preset.max_position_embeddings}"
         )
-    on_gpu = platform.cuda_available()
+    if kernels is None:
+        kernels = detect_kernels("local")
     dtype = torch.bfloat16 if bf16 else torch.float32
     fields: Dict[str, Any] = dict(
         num_layers=preset.num_layers,
@@ -196,14 +266,7 @@ def transformer_config(
         bf16=bf16,
         params_dtype=dtype,
         pipeline_dtype=dtype,
-        # On the CPU, weights are built whole and split (the same draws at any TP size).
-        use_cpu_initialization=not on_gpu,
-        # These fusions need CUDA kernels.
-        bias_activation_fusion=on_gpu,
-        masked_softmax_fusion=on_gpu,
-        apply_rope_fusion=False,
-        persist_layer_norm=on_gpu,
-        gradient_accumulation_fusion=False,
+        **fusion_fields(kernels),
     )
     fields.update(overrides)
     try:

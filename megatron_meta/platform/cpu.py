@@ -103,10 +103,30 @@ def should_accommodate(has_cuda: bool) -> bool:
     return not has_cuda
 
 
+def gpu_index(local_rank: int, device_count: int) -> int:
+    """The visible GPU of the process with this ``LOCAL_RANK``.
+
+    One GPU per process (``srun --gpus-per-task=1``, or ``CUDA_VISIBLE_DEVICES`` set per task)
+    shows each process a single device, ``cuda:0``, whatever its local rank.
+    """
+    if device_count == 1:
+        return 0
+    if not 0 <= local_rank < device_count:
+        from megatron_meta.errors import ConfigError
+
+        raise ConfigError(
+            f"LOCAL_RANK {local_rank} but this process sees {device_count} GPUs: launch at most "
+            f"{device_count} processes per node (torchrun --nproc-per-node), or show each "
+            "process one GPU (CUDA_VISIBLE_DEVICES / srun --gpus-per-task=1)"
+        )
+    return local_rank
+
+
 def device() -> torch.device:
-    """The device this rank computes on: ``cuda:LOCAL_RANK`` with CUDA, else the CPU."""
+    """The device this rank computes on: its GPU (:func:`gpu_index`) with CUDA, else the CPU."""
     if cuda_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        return torch.device("cuda", gpu_index(local_rank, torch.cuda.device_count()))
     return _CPU
 
 

@@ -31,8 +31,10 @@ from megatron_meta.checkpoints.layout import (  # noqa: F401  (re-used by the tr
     read_common,
     require_checkpoint,
 )
+from megatron_meta.checkpoints.model_state import apply_model_state, load_sharded
 from megatron_meta.checkpoints.write import save_state
 from megatron_meta.errors import CheckpointError
+from megatron_meta.training.optimizer import optimizer_kind
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +80,25 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return getattr(model, "module", model)
 
 
+# How megatron-core's distributed optimizer lays out its state (Megatron-LM passes the same
+# keys). Without them 0.16.1 defaults to 'fully_sharded_model_space', whose flattened
+# ShardedTensors its own ShardedTensor refuses; 'fully_reshardable' is saved in the model's
+# tensor shapes, so it loads at another TP and DP size ('dp_reshardable' would tie the checkpoint
+# to its TP size). Memory-efficient: the state is gathered over gloo into data-parallel rank 0's
+# host memory, not all-gathered into every GPU (12 bytes a parameter on each).
+OPTIMIZER_METADATA = {
+    "distrib_optim_sharding_type": "fully_reshardable",
+    "distrib_optim_fully_reshardable_mem_efficient": True,
+}
+
+
+def optimizer_sharded_state(optimizer: Any, model_sd: Dict, is_loading: bool) -> Dict:
+    """The optimizer's part of a checkpoint request (any of our optimizers)."""
+    return optimizer.sharded_state_dict(
+        model_sd, is_loading=is_loading, metadata=dict(OPTIMIZER_METADATA)
+    )
+
+
 def save_checkpoint(
     root: str, iteration: int, model: torch.nn.Module, optimizer: Any, common: Dict[str, Any]
 ) -> str:
@@ -85,10 +106,11 @@ def save_checkpoint(
     model_sd = _unwrap(model).sharded_state_dict()
     state = {
         "model": model_sd,
-        "optimizer": optimizer.sharded_state_dict(model_sd, is_loading=False),
+        "optimizer": optimizer_sharded_state(optimizer, model_sd, is_loading=False),
         "rng_state": _rng_sharded_object(dist.get_world_size(), dist.get_rank()),
         "format_version": FORMAT_VERSION,
         "iteration": iteration,
+        "optimizer_kind": optimizer_kind(optimizer),
         **common,
     }
     return save_state(root, iteration, state)
@@ -117,8 +139,6 @@ def load_checkpoint(
 ) -> Optional[LoadedCheckpoint]:
     """Restore model, optimizer and (same world size) RNG from the newest checkpoint in
     ``load_dir``; None if there is none and ``must_exist`` is False."""
-    from megatron.core import dist_checkpointing
-
     path = find_checkpoint(load_dir)
     if path is None:
         if must_exist:
@@ -136,10 +156,17 @@ def load_checkpoint(
             "from Hugging Face); start a new run from it with --finetune, or with "
             f"--pretrained-checkpoint {load_dir}"
         )
+    saved_kind, kind = common.get("optimizer_kind"), optimizer_kind(optimizer)
+    if saved_kind is not None and saved_kind != kind:
+        raise CheckpointError(
+            f"--load {load_dir}: {path} holds the state of the {saved_kind} optimizer, this run "
+            f"uses the {kind} one (their states differ); resume it where it was written, or "
+            f"start a new run from its weights with --pretrained-checkpoint {load_dir}"
+        )
     model_sd = _unwrap(model).sharded_state_dict()
     request = {
         "model": model_sd,
-        "optimizer": optimizer.sharded_state_dict(model_sd, is_loading=True),
+        "optimizer": optimizer_sharded_state(optimizer, model_sd, is_loading=True),
     }
     world = dist.get_world_size()
     same_world = common.get("layout", {}).get("world_size") == world
@@ -151,8 +178,8 @@ def load_checkpoint(
             common.get("layout", {}).get("world_size"),
             world,
         )
-    state = dist_checkpointing.load(request, path)
-    _unwrap(model).load_state_dict(state["model"])
+    state = load_sharded(request, path, f"--load {load_dir}")
+    apply_model_state(_unwrap(model), state["model"], f"--load {load_dir}")
     optimizer.load_state_dict(state["optimizer"])
     if same_world:
         set_rng_state(state["rng_state"])
@@ -165,14 +192,13 @@ def load_weights(
 ) -> Dict[str, Any]:
     """Load only the model weights of the newest checkpoint in ``checkpoint_dir`` (any saved TP
     or world size); the iteration, optimizer and data position of the new run start afresh.
-    Returns the checkpoint's common state."""
-    from megatron.core import dist_checkpointing
-
+    Returns the checkpoint's common state. The caller refreshes the optimizer's copies of the
+    weights (``reload_model_params``)."""
     path = require_checkpoint(checkpoint_dir, where)
     common = read_common(path)
     check_identity(common["model_identity"], identity, where)
-    state = dist_checkpointing.load({"model": _unwrap(model).sharded_state_dict()}, path)
-    _unwrap(model).load_state_dict(state["model"])
+    state = load_sharded({"model": _unwrap(model).sharded_state_dict()}, path, where)
+    apply_model_state(_unwrap(model), state["model"], where)
     logger.info(
         "%s: loaded the weights of %s (iteration %d); new run from iteration 0",
         where, path, common["iteration"],

@@ -72,6 +72,12 @@ class ParallelConfig:
         "--use-distributed-optimizer",
         help="shard optimizer state over data-parallel ranks (megatron-core, needs CUDA)",
     )
+    overlap_grad_reduce: Optional[bool] = _opt(
+        None,
+        "--overlap-grad-reduce",
+        help="overlap the data-parallel gradient reduction with the backward pass (megatron "
+        "DDP buckets; default: on with CUDA when data-parallel ranks span several nodes)",
+    )
 
 
 @dataclass
@@ -159,6 +165,12 @@ class TrainingConfig:
     )
     eval_iters: int = _opt(
         10, "--eval-iters", help="validation micro-batches per data-parallel rank and region"
+    )
+    on_nonfinite: str = _opt(
+        "stop",
+        "--on-nonfinite",
+        help="a NaN/inf loss or gradient (checked before every optimizer step, as Megatron-LM's "
+        "--check-for-nan-in-loss-and-grad): stop (exit code 2, nothing saved) or skip the step",
     )
 
 

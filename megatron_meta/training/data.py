@@ -327,7 +327,14 @@ class TrainBatches:
 
     def get(self, iteration: int) -> List[Dict[str, torch.Tensor]]:
         """Micro-batches of iteration ``iteration`` (0-based: the step that makes it ``+1``)."""
+        return list(self.micro_batches(iteration))
+
+    def micro_batches(self, iteration: int) -> Iterator[Dict[str, torch.Tensor]]:
+        """The same micro-batches, pulled one at a time as the model asks for them, so the
+        loader's workers prepare the next ones while the model computes (not all of a step's
+        micro-batches before its first forward)."""
         if iteration != self._next_iteration or self.phase_of(iteration).start == iteration:
             self._open(iteration)
         self._next_iteration = iteration + 1
-        return [next(self._iter) for _ in range(self.num_micro_batches)]
+        loader = self._iter
+        return (next(loader) for _ in range(self.num_micro_batches))

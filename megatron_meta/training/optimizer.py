@@ -12,7 +12,8 @@
   same tensor-parallel-aware gradient norm.
 
 Both expose ``step() -> (ok, grad_norm, _)``, ``zero_grad()``, ``param_groups``,
-``sharded_state_dict(model_sharded_state_dict, is_loading)`` and ``load_state_dict(sd)``.
+``sharded_state_dict(model_sharded_state_dict, is_loading, metadata)``, ``load_state_dict(sd)``
+and ``reload_model_params()`` (after weights were loaded without optimizer state).
 """
 
 from __future__ import annotations
@@ -184,7 +185,12 @@ class CpuAdamW:
                     "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format),
                 }
 
-    def sharded_state_dict(self, model_sharded_state_dict: Dict, is_loading: bool = False) -> Dict:
+    def reload_model_params(self) -> None:
+        """Nothing to refresh: torch's AdamW steps the model's own (fp32) parameters."""
+
+    def sharded_state_dict(
+        self, model_sharded_state_dict: Dict, is_loading: bool = False, metadata=None
+    ) -> Dict:
         from megatron.core.dist_checkpointing.optimizer import (
             get_param_id_to_sharded_param_map,
             optim_state_to_sharding_state,
@@ -208,6 +214,20 @@ class CpuAdamW:
         self.optimizer.load_state_dict(state)
 
 
+def optimizer_kind(optimizer: Any) -> str:
+    """Which optimizer's state a checkpoint holds: ``cpu-adamw``, ``megatron-fp32``,
+    ``megatron-bf16`` (fp32 main weights kept too), each ``-distributed`` or not: their states
+    are laid out differently, so one cannot resume another's."""
+    if isinstance(optimizer, CpuAdamW):
+        return "cpu-adamw"
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+
+    inner = getattr(optimizer, "chained_optimizers", [optimizer])
+    distributed = any(isinstance(o, DistributedOptimizer) for o in inner)
+    precision = "bf16" if any(getattr(o.config, "bf16", False) for o in inner) else "fp32"
+    return f"megatron-{precision}" + ("-distributed" if distributed else "")
+
+
 def build_optimizer(
     model: torch.nn.Module,
     config: OptimizerConfig,
@@ -225,8 +245,18 @@ def build_optimizer(
         logger.info("optimizer: torch AdamW on megatron DDP's main_grad (CPU)")
         return CpuAdamW(model, config)
 
+    import megatron.core.optimizer as megatron_optimizer
     from megatron.core.optimizer import OptimizerConfig as MegatronOptimizerConfig
     from megatron.core.optimizer import get_megatron_optimizer
+
+    if use_distributed_optimizer and megatron_optimizer.USING_PYTORCH_OPTIMIZER:
+        # Its fully reshardable checkpoint cannot be read back into torch's AdamW in 0.16.1
+        # (the per-parameter 'step' is not restored: KeyError 'step' at load).
+        raise ConfigError(
+            "--use-distributed-optimizer needs Transformer Engine's or apex's fused Adam "
+            "(megatron-core falls back to torch AdamW without them, whose distributed state it "
+            "cannot reload); pip install -e '.[gpu]', or drop the flag"
+        )
 
     megatron_config = MegatronOptimizerConfig(
         optimizer="adam",

@@ -18,6 +18,7 @@ from megatron_meta.platform import cpu as platform
 from megatron_meta.manifest import Manifest, load_manifest
 from megatron_meta.outputs import check_output
 from megatron_meta.training import checkpoint as ckpt
+from megatron_meta.training import nonfinite
 from megatron_meta.training.config import RunConfig
 from megatron_meta.training.shards import parse_region_weights, select_shards
 from megatron_meta.training.starting_point import (
@@ -117,6 +118,8 @@ def validate(config: RunConfig) -> None:
         raise ConfigError(
             f"--transformer-impl {m.transformer_impl!r}: choose auto, transformer_engine or local"
         )
+    if t.on_nonfinite not in nonfinite.CHOICES:
+        raise ConfigError(f"--on-nonfinite {t.on_nonfinite!r}: choose stop or skip")
 
 
 def preflight(config: RunConfig) -> Manifest:

@@ -3,21 +3,21 @@
 Launch one process per GPU (or per CPU rank) with ``torchrun``; see :mod:`.cli` for examples.
 
 The loss of an iteration is the mean over every loss-bearing token of its global batch (all
-micro-batches on all data-parallel ranks), however the batch is split: each micro-batch's
-backward is scaled by the global token count, which makes DP=2 equal one process with the same
-global batch, and TP=2 equal TP=1.
+micro-batches on all data-parallel ranks), however the batch is split: the gradients of the
+summed loss are divided by the global token count after the reduction, which makes DP=2 equal
+one process with the same global batch, and TP=2 equal TP=1. A NaN/inf loss or gradient stops
+the run or skips the step (:mod:`.nonfinite`) before the optimizer sees it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import os
 import signal
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
 import torch
 import torch.distributed as dist
@@ -31,12 +31,14 @@ from megatron_meta.parallel import ParallelInfo, destroy_parallel, initialize_pa
 from megatron_meta.platform import cpu as platform
 from megatron_meta.manifest import Manifest
 from megatron_meta.training import checkpoint as ckpt
+from megatron_meta.training import nonfinite
 from megatron_meta.training.config import RunConfig, TrainingConfig, dump_yaml
 from megatron_meta.training.data import TrainBatches, build_phases
 from megatron_meta.training.metrics import LossWindow, MetricsWriter, Throughput
 from megatron_meta.training.optimizer import build_optimizer, learning_rate, set_learning_rate
 from megatron_meta.training.preflight import preflight
 from megatron_meta.training.starting_point import starting_point
+from megatron_meta.training.step import forward_backward, overlap_grad_reduce
 from megatron_meta.training.validation import build_validation, validation_losses
 
 logger = logging.getLogger(__name__)
@@ -91,35 +93,6 @@ class StopRequest:
             signal.signal(sig, handler)
 
 
-def forward_backward(
-    model: torch.nn.Module, micro_batches: List[Dict[str, torch.Tensor]], info: ParallelInfo
-) -> float:
-    """Accumulate the gradient of the global-batch mean loss into megatron DDP's buffers."""
-    from megatron.core import parallel_state
-
-    dp_group = parallel_state.get_data_parallel_group()
-    device = info.device
-    tokens = torch.stack([mb["loss_mask"].sum() for mb in micro_batches]).sum().reshape(1)
-    tokens = tokens.to(device=device, dtype=torch.float64)
-    dist.all_reduce(tokens, group=dp_group)
-    denominator = max(float(tokens.item()), 1.0)
-    # megatron DDP averages gradients over data-parallel ranks; scale by dp_size to sum instead.
-    scale = info.dp_size / denominator
-    loss_sum = torch.zeros(1, dtype=torch.float64, device=device)
-    last = len(micro_batches) - 1
-    for i, mb in enumerate(micro_batches):
-        mb = {k: v.to(device, non_blocking=True) for k, v in mb.items()}
-        sync = contextlib.nullcontext() if i == last else model.no_sync()
-        with sync:
-            per_token = model(mb["tokens"], mb["position_ids"], None, labels=mb["labels"])
-            summed = (per_token.float() * mb["loss_mask"]).sum()
-            (summed * scale).backward()
-        loss_sum += summed.detach().double()
-    model.finish_grad_sync()
-    dist.all_reduce(loss_sum, group=dp_group)
-    return float(loss_sum.item()) / denominator
-
-
 class TrainingRun:
     """Everything one training process holds; :func:`train` drives it."""
 
@@ -143,6 +116,7 @@ class TrainingRun:
         ddp_config = DistributedDataParallelConfig(
             grad_reduce_in_fp32=self.bf16,
             use_distributed_optimizer=config.parallel.use_distributed_optimizer,
+            overlap_grad_reduce=overlap_grad_reduce(config.parallel.overlap_grad_reduce, info),
         )
         self.model = DistributedDataParallel(model.config, ddp_config, model)
         self.optimizer = build_optimizer(
@@ -174,6 +148,7 @@ class TrainingRun:
         )
         self.losses = LossWindow()
         self.iteration = 0
+        self.skipped_iterations = 0
         self.last_saved: Optional[int] = None
         self.summary = TrainSummary(iteration=0)
         self.stop = StopRequest()
@@ -200,6 +175,9 @@ class TrainingRun:
         if self.start.mode == "weights":  # --finetune / --pretrained-checkpoint: a new run
             identity = ckpt.model_identity(self.preset, self.vocab_size)
             ckpt.load_weights(self.start.path, self.model, identity, self.start.flag)
+            # bf16: megatron's optimizer copied the random weights into its fp32 main weights
+            # when it was built and copies those back after every step (Megatron-LM does this).
+            self.optimizer.reload_model_params()
             return
         if not c.load:
             return
@@ -242,14 +220,27 @@ class TrainingRun:
         o, t = self.config.optimizer, self.config.training
         lr = learning_rate(self.iteration + 1, o, t.train_iters)
         set_learning_rate(self.optimizer, lr, o.weight_decay)
-        micro_batches = self.batches.get(self.iteration)
+        micro_batches = self.batches.micro_batches(self.iteration)
         self.model.zero_grad_buffer()
         self.optimizer.zero_grad()
         loss = forward_backward(self.model, micro_batches, self.info)
-        _, grad_norm, _ = self.optimizer.step()
+        if nonfinite.nonfinite(loss, self.model, self.info.device):
+            if t.on_nonfinite == "stop":
+                raise nonfinite.NonFiniteError(
+                    nonfinite.message(self.iteration + 1, loss, self.last_saved)
+                )
+            logger.warning(
+                "iteration %d: non-finite loss or gradient (loss %s): step skipped "
+                "(--on-nonfinite skip)", self.iteration + 1, loss,
+            )
+            self.optimizer.zero_grad()
+            self.skipped_iterations += 1
+            grad_norm = float("nan")
+        else:
+            _, grad_norm, _ = self.optimizer.step()
+            self.losses.add(loss)
         self.iteration += 1
         self.throughput.iteration_done()
-        self.losses.add(loss)
         self.summary.losses[self.iteration] = loss
         self.last_lr, self.last_grad_norm = lr, grad_norm
         return loss
@@ -302,6 +293,8 @@ class TrainingRun:
         }
         if val_loss is not None:
             record["val_loss"] = val_loss
+        if self.skipped_iterations:
+            record["skipped_iterations"] = self.skipped_iterations
         self.metrics.write(record, self.config.training.train_iters)
 
     def save_if_due(self) -> None:
