@@ -14,6 +14,7 @@ from typing import Any, Dict
 
 import torch.distributed as dist
 
+from megatron_meta.checkpoints.hygiene import write_results_in_process
 from megatron_meta.checkpoints.layout import TRACKER, iteration_dir
 
 logger = logging.getLogger(__name__)
@@ -39,6 +40,7 @@ def save_state(root: str, iteration: int, state: Dict[str, Any]) -> str:
         shutil.rmtree(tmp, ignore_errors=True)  # left by an earlier crash
         os.makedirs(tmp)
     dist.barrier()
+    write_results_in_process()  # no Manager / resource-tracker processes (hygiene.py)
     dist_checkpointing.save(state, tmp)
     dist.barrier()
     if rank == 0:

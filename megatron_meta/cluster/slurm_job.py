@@ -63,6 +63,15 @@ def end_time() -> Optional[float]:
     return _parse_time(out.splitlines()[0]) if out.strip() else None
 
 
+def time_limit_mins() -> Optional[float]:
+    """This job's time limit in minutes (``squeue %l``), None outside a job or unlimited."""
+    if not in_job():
+        return None
+    from megatron_meta.cluster.time_limit import job_limit_mins
+
+    return job_limit_mins(os.environ["SLURM_JOB_ID"])
+
+
 def default_exit_duration_mins(margin_mins: float) -> Optional[float]:
     """Minutes from now until the job's end minus ``margin_mins`` (None: no limit known)."""
     end = end_time()
