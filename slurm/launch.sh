@@ -11,6 +11,8 @@
 #   --run-dir DIR           MM_RUN_DIR        the run's folder (its --save): logs/{job}_{attempt}/
 #                                             and run_state.json (requeue decision) live there
 #   --max-restarts N        MM_MAX_RESTARTS   requeues after preemption/time limit (default 10)
+#   --max-failures N        MM_MAX_FAILURES   retries of a crashed run from its last checkpoint,
+#                                             off the failed node where possible (default 0)
 #   --env PATH              MM_PYTHON_ENV     a virtualenv folder (or a script) to activate
 #   --container-image IMG   MM_CONTAINER_IMAGE   run in a container (pyxis)
 #   --container-mounts M    MM_CONTAINER_MOUNTS  its mounts (pyxis --container-mounts)
@@ -31,6 +33,7 @@ LAUNCHER=python
 GPUS=${MM_GPUS_PER_NODE:-${SLURM_GPUS_ON_NODE:-1}}
 RUN_DIR=${MM_RUN_DIR:-}
 MAX_RESTARTS=${MM_MAX_RESTARTS:-10}
+MAX_FAILURES=${MM_MAX_FAILURES:-0}
 PY_ENV=${MM_PYTHON_ENV:-}
 IMAGE=${MM_CONTAINER_IMAGE:-}
 MOUNTS=${MM_CONTAINER_MOUNTS:-}
@@ -45,6 +48,7 @@ while [ $# -gt 0 ]; do
     --gpus-per-node) GPUS=$2; shift 2 ;;
     --run-dir) RUN_DIR=$2; shift 2 ;;
     --max-restarts) MAX_RESTARTS=$2; shift 2 ;;
+    --max-failures) MAX_FAILURES=$2; shift 2 ;;
     --env) PY_ENV=$2; shift 2 ;;
     --container-image) IMAGE=$2; shift 2 ;;
     --container-mounts) MOUNTS=$2; shift 2 ;;
@@ -80,6 +84,8 @@ fi
 
 JOB=${SLURM_JOB_ID:?launch.sh runs inside a Slurm job (sbatch)}
 ATTEMPT=${SLURM_RESTART_COUNT:-0}
+# An array task is named as squeue and scontrol name it (ARRAYJOB_TASK), not by its own job id.
+[ -n "${SLURM_ARRAY_JOB_ID:-}" ] && JOB=${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}
 # MM_LOG_ROOT: where commands without a run folder log (the study sets its output folder).
 LOG_DIR=${RUN_DIR:-${MM_LOG_ROOT:-${SLURM_SUBMIT_DIR:-.}}}/logs/${JOB}_${ATTEMPT}
 mkdir -p "$LOG_DIR"
@@ -88,13 +94,15 @@ FIRST=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
 MASTER_ADDR=$(scontrol show node "$FIRST" -o | tr ' ' '\n' | sed -n 's/^NodeAddr=//p')
 export MASTER_ADDR=${MASTER_ADDR:-$FIRST}
 # SLURM_JOB_ID differs for every array task; 15000-29999 stays below the ephemeral range.
-export MASTER_PORT=${MASTER_PORT:-$(( 15000 + JOB % 15000 ))}
+export MASTER_PORT=${MASTER_PORT:-$(( 15000 + SLURM_JOB_ID % 15000 ))}
 echo "launch.sh: job $JOB attempt $ATTEMPT on $SLURM_JOB_NODELIST (rendezvous $MASTER_ADDR:$MASTER_PORT), logs in $LOG_DIR"
 
 SRUN=(srun --export=ALL --kill-on-bad-exit=1 --open-mode=append)
 [ -n "$IMAGE" ] && SRUN+=(--container-image="$IMAGE")
 [ -n "$MOUNTS" ] && SRUN+=(--container-mounts="$MOUNTS")
 if [ "$LAUNCHER" = torchrun ]; then
+  # A time limit too short to train in fails now, said once, rather than requeueing uselessly.
+  "$PYTHON" -m megatron_meta.cluster.time_limit --check-job || exit 2
   SRUN+=(--nodes="$SLURM_NNODES" --ntasks-per-node=1 --output="$LOG_DIR/node%t.log")
   # SLURM_NODEID is each task's own: expanded on the node, by the inner shell.
   "${SRUN[@]}" bash -c 'exec "$0" -m torch.distributed.run --nnodes "$SLURM_NNODES" \
@@ -109,4 +117,4 @@ fi
 CODE=$?
 echo "launch.sh: attempt $ATTEMPT exited with code $CODE"
 exec "$PYTHON" -m megatron_meta.cluster.requeue --exit-code "$CODE" --max-restarts "$MAX_RESTARTS" \
-  ${RUN_DIR:+--run-dir "$RUN_DIR"}
+  --max-failures "$MAX_FAILURES" --log-dir "$LOG_DIR" ${RUN_DIR:+--run-dir "$RUN_DIR"}

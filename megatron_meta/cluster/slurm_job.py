@@ -11,7 +11,7 @@ import logging
 import os
 import subprocess
 import time
-from typing import Optional
+from typing import List, Optional
 
 logger = logging.getLogger(__name__)
 
@@ -86,3 +86,68 @@ def requeue(key: Optional[str] = None) -> None:
     if key is None:
         raise RuntimeError("not inside a Slurm job")
     subprocess.run(["scontrol", "requeue", key], check=True, timeout=60)
+
+
+def _scontrol_fields(*args: str) -> dict:
+    """``scontrol show ... -o`` as a dict of its ``Key=Value`` fields ({} when it fails)."""
+    try:
+        out = subprocess.run(
+            ["scontrol", "show", *args, "-o"], capture_output=True, text=True, timeout=30
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    return dict(f.split("=", 1) for f in out.split() if "=" in f)
+
+
+def job_info(key: Optional[str] = None) -> dict:
+    """What slurmctld says about this job now (JobState, Reason, Requeue, NodeList, ...)."""
+    key = key or job_key()
+    return _scontrol_fields("job", key) if key else {}
+
+
+def node_names() -> List[str]:
+    """This job's nodes in order (node index N is ``SLURM_NODEID`` N)."""
+    nodelist = os.environ.get("SLURM_JOB_NODELIST")
+    if not nodelist:
+        return []
+    try:
+        out = subprocess.run(
+            ["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, timeout=30
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return out.split()
+
+
+def unresponsive_nodes(names: List[str]) -> List[str]:
+    """Those of ``names`` slurmctld finds down or not responding (a node failure)."""
+    bad = []
+    for name in names:
+        state = _scontrol_fields("node", name).get("State", "")
+        if any(word in state for word in ("DOWN", "NOT_RESPONDING", "FAIL")) or state.endswith("*"):
+            bad.append(f"{name} ({state})")
+    return bad
+
+
+def spare_nodes(partition: Optional[str], excluded: List[str]) -> int:
+    """Nodes of the partition that are up and not in ``excluded``."""
+    cmd = ["sinfo", "-h", "-N", "-o", "%N %t"] + (["-p", partition] if partition else [])
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return 0
+    up = {
+        line.split()[0]
+        for line in out.splitlines()
+        if len(line.split()) == 2 and not line.split()[1].startswith(("down", "drain", "fail"))
+    }
+    return len(up - set(excluded))
+
+
+def exclude_nodes(key: str, nodes: List[str]) -> None:
+    """Keep a (requeued, pending) job off ``nodes`` (``scontrol update ExcNodeList``)."""
+    subprocess.run(
+        ["scontrol", "update", f"JobId={key}", f"ExcNodeList={','.join(nodes)}"],
+        check=True,
+        timeout=60,
+    )

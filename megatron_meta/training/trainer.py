@@ -208,6 +208,8 @@ class TrainingRun:
             self.last_saved = self.iteration
             if self.clock is not None:
                 self.clock.measured(self.last_step_s, time.monotonic() - began)
+            if not self.done():  # the launcher names the last checkpoint after a crash
+                self.write_state(run_state.RUNNING)
             self.throughput.start()  # saving time is not training throughput
 
     # -- the loop's verbs ------------------------------------------------------------------------
