@@ -70,6 +70,8 @@ if [ -n "$PY_ENV" ]; then
   if [ -f "$PY_ENV/bin/activate" ]; then source "$PY_ENV/bin/activate"; else source "$PY_ENV"; fi
 fi
 PYTHON=${MM_PYTHON:-python3}
+# MM_CODE: a snapshot of the package to run instead of the installed one (`study submit`).
+[ -n "${MM_CODE:-}" ] && export PYTHONPATH="$MM_CODE${PYTHONPATH:+:$PYTHONPATH}"
 if [ -n "$ARRAY_MODE" ]; then
   mapfile -d '' EXTRA < <("$PYTHON" -m megatron_meta.cluster.array_task "$ARRAY_MODE" \
       --values "${VALUES:?--array needs --values}" --save-root "${SAVE_ROOT:?--array needs --save-root}" \

@@ -210,3 +210,35 @@ def test_data_loader_workers_ignore_the_stop_signals():
         assert torch.cat(got).tolist() == list(range(64))
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_a_study_with_a_time_too_short_is_refused_before_submitting(tmp_path):
+    import subprocess
+    import sys
+
+    from training_support import REPO
+
+    spec = tmp_path / "s.yaml"
+    spec.write_text(f"""
+name: short
+output_dir: {tmp_path / 'out'}
+regions: [Asia]
+data: {{manifest: m.json}}
+defaults:
+  train: {{model: tiny}}
+  slurm: {{time: "0:02:00"}}
+runs: [{{name: a}}]
+""")
+    out = subprocess.run(
+        [sys.executable, "-m", "megatron_meta.cli", "study", "submit", str(spec), "--dry-run"],
+        cwd=REPO, capture_output=True, text=True,
+    )
+    assert out.returncode == 2, out.stderr
+    assert "train/a: slurm time: --time 2 min is too short" in out.stderr
+    assert "Traceback" not in out.stderr and not os.path.exists(tmp_path / "out")
+    spec.write_text(spec.read_text().replace('"0:02:00"', '"0:10:00"'))
+    out = subprocess.run(
+        [sys.executable, "-m", "megatron_meta.cli", "study", "submit", str(spec), "--dry-run"],
+        cwd=REPO, capture_output=True, text=True,
+    )
+    assert out.returncode == 0 and "--signal=USR1@60" in out.stdout, out.stderr
