@@ -90,14 +90,14 @@ ATTEMPT=${SLURM_RESTART_COUNT:-0}
 [ -n "${SLURM_ARRAY_JOB_ID:-}" ] && JOB=${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}
 # MM_LOG_ROOT: where commands without a run folder log (the study sets its output folder).
 LOG_DIR=${RUN_DIR:-${MM_LOG_ROOT:-${SLURM_SUBMIT_DIR:-.}}}/logs/${JOB}_${ATTEMPT}
-mkdir -p "$LOG_DIR"
+[ "$LAUNCHER" = torchrun ] && mkdir -p "$LOG_DIR"
 # The rendezvous host: the first node's address as Slurm knows it (names need not resolve).
 FIRST=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
 MASTER_ADDR=$(scontrol show node "$FIRST" -o | tr ' ' '\n' | sed -n 's/^NodeAddr=//p')
 export MASTER_ADDR=${MASTER_ADDR:-$FIRST}
 # SLURM_JOB_ID differs for every array task; 15000-29999 stays below the ephemeral range.
 export MASTER_PORT=${MASTER_PORT:-$(( 15000 + SLURM_JOB_ID % 15000 ))}
-echo "launch.sh: job $JOB attempt $ATTEMPT on $SLURM_JOB_NODELIST (rendezvous $MASTER_ADDR:$MASTER_PORT), logs in $LOG_DIR"
+echo "launch.sh: job $JOB attempt $ATTEMPT on $SLURM_JOB_NODELIST (rendezvous $MASTER_ADDR:$MASTER_PORT)${RUN_DIR:+, logs in $LOG_DIR}"
 
 SRUN=(srun --export=ALL --kill-on-bad-exit=1 --open-mode=append)
 [ -n "$IMAGE" ] && SRUN+=(--container-image="$IMAGE")
@@ -106,6 +106,8 @@ if [ "$LAUNCHER" = torchrun ]; then
   # A time limit too short to train in fails now, said once, rather than requeueing uselessly.
   "$PYTHON" -m megatron_meta.cluster.time_limit --check-job || exit 2
   SRUN+=(--nodes="$SLURM_NNODES" --ntasks-per-node=1 --output="$LOG_DIR/node%t.log")
+  # Lines of every node's ranks named by global rank ([rank3]:), not [default0] on each node.
+  export TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE='[rank${rank}]:'  # expanded by torchrun
   # SLURM_NODEID is each task's own: expanded on the node, by the inner shell.
   "${SRUN[@]}" bash -c 'exec "$0" -m torch.distributed.run --nnodes "$SLURM_NNODES" \
       --node-rank "$SLURM_NODEID" --nproc-per-node "$1" --master-addr "$MASTER_ADDR" \
@@ -113,7 +115,8 @@ if [ "$LAUNCHER" = torchrun ]; then
       --shutdown-timeout 300 --log-dir "$2/ranks-node$SLURM_NODEID" --redirects 3 --tee 3 \
       -m megatron_meta.cli "${@:3}"' "$PYTHON" "$GPUS" "$LOG_DIR" "$@"
 else
-  SRUN+=(--nodes=1 --ntasks=1 --output="$LOG_DIR/rank0.log")
+  # One process: its output (errors included) goes to the job's own log, named as the job is.
+  SRUN+=(--nodes=1 --ntasks=1)
   "${SRUN[@]}" "$PYTHON" -m megatron_meta.cli "$@"
 fi
 CODE=$?
