@@ -23,6 +23,9 @@
 #                           leave-out or variant (megatron_meta/cluster/array_task.py) over
 #   --values A,B,...        MM_VALUES     regions or variants, one per task, saved under
 #   --save-root DIR         MM_SAVE_ROOT  DIR/{mode}-{value}
+# MM_CODE: a copy of the package to import instead of the installed one (`study submit` sets it
+# to its snapshot, with MM_HOME). Training commands check the job's --time first
+# (megatron_meta/cluster/time_limit.py) and fail at once, never requeued, when it is too short.
 set -uo pipefail
 # Slurm's time-limit SIGTERM (and --signal warnings) reach this shell too: outlive them, so the
 # requeue decision below still runs once the trainer has saved and stopped.

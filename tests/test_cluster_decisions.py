@@ -79,6 +79,12 @@ def test_a_user_cancel_is_never_requeued_even_after_a_clean_save(job, tmp_path):
     assert (d.action, d.ended) == ("fail", "cancelled") and "cancelled by the user" in d.message
     requeue.record(run, d, 143, None)
     assert run_state.read_state(run).state == "cancelled"
+    run_state.write_state(run, run_state.RunState("stopped", 8, "SIGTERM"))
+    # What scontrol shows while the cancelled job's batch script still runs: COMPLETING.
+    d = requeue.decide(143, run, 10, 0, {"JobState": "COMPLETING", "Reason": "None"})
+    assert (d.action, d.ended) == ("fail", "cancelled")
+    d = requeue.decide(143, run, 10, 0, {"JobState": "COMPLETING", "Reason": "TimeLimit"})
+    assert d.action == "requeue" and "time limit" in d.message
     # The same stop with the job still running is a preemption: requeued.
     run_state.write_state(run, run_state.RunState("stopped", 8, "SIGTERM"))
     d = requeue.decide(143, run, 10, 0, {"JobState": "RUNNING"})

@@ -17,7 +17,7 @@ from training_support import REPO, losses_by_iteration, run_cli, tiny_args, writ
 
 pytestmark = [pytest.mark.slurm, pytest.mark.distributed, pytest.mark.slow]
 
-ITERS = 12
+ITERS = 80  # tiny iterations take ~0.1 s: long enough to signal a run between its saves
 VENV = sys.prefix  # passed to the jobs explicitly (launch.sh --env), as a user's job would
 
 
@@ -143,7 +143,7 @@ def test_two_node_pretrain_equals_a_local_two_rank_run(
     assert sorted(f for f in os.listdir(logs) if f.endswith(".log")) == ["node0.log", "node1.log"]
     # The time limit (--time 20) became the trainer's stop time, minus the margin.
     node0 = open(os.path.join(logs, "node0.log")).read()
-    assert "Slurm job ends in" in node0 and "run finished at iteration 12" in out
+    assert "Slurm job ends in" in node0 and f"run finished at iteration {ITERS}" in out
     assert "[rank1]:" in open(os.path.join(logs, "node1.log")).read()  # not [default0] twice
     time.sleep(2)
     assert job_processes(job) == []  # no checkpoint helper outlives the job
@@ -158,29 +158,31 @@ def test_preemption_after_one_and_two_saves_twice_in_one_run(
     save = str(tmp_path / "preempted")
     job = pretrain(
         slurm_cluster, manifest, save, "--dependency", "singleton",
-        **{"--save-interval": 3, "--num-workers": 2},
+        **{"--save-interval": 20, "--num-workers": 2},
     )
-    wait_for(lambda: saved(save, 3) and iterations_logged(save) >= 4, 240, "the first save")
+    wait_for(lambda: saved(save, 20) and iterations_logged(save) >= 21, 240, "the first save")
     slurm_cluster.run("scancel", "--signal=USR1", job, check=True)
     release_requeued(slurm_cluster, job, 1)
     wait_for(
-        lambda: saved(save, 6) and iterations_logged(save) >= 7
-        and slurm_cluster.job_field(job, "JobState") == "RUNNING",
+        lambda: os.path.isdir(os.path.join(save, "logs", f"{job}_1"))
+        and saved(save, 40) and iterations_logged(save) >= 41,
         240,
-        "the second attempt's save at 6",
+        "the second attempt's save at 40",
     )
     slurm_cluster.run("scancel", "--signal=TERM", job, check=True)
     release_requeued(slurm_cluster, job, 2)
     assert slurm_cluster.wait(job) == "COMPLETED", out_of(save)
     out = out_of(save)
     assert "requeueing (restart 1" in out and "requeueing (restart 2" in out, out
-    assert "run finished at iteration 12" in out and "BrokenPipeError" not in out
+    assert f"run finished at iteration {ITERS}" in out and "BrokenPipeError" not in out
     assert os.path.isdir(os.path.join(save, "logs", f"{job}_2"))  # the third attempt's logs
     assert_same_losses(save, local_two_ranks)
     state = json.load(open(os.path.join(save, "run_state.json")))
     assert state["state"] == "finished"
     ended = [(h["attempt"], h["ended"], h["reason"]) for h in state["history"]]
     assert ended == [(0, "stopped", "SIGUSR1"), (1, "stopped", "SIGTERM"), (2, "finished", None)]
+    first, second = (h["iteration"] for h in state["history"][:2])
+    assert 20 < first < 40 < second < ITERS, (first, second)  # after one save, after two
     assert not [f for f in os.listdir(save) if f.endswith(".tmp")]
     time.sleep(2)
     assert job_processes(job) == []
@@ -191,10 +193,10 @@ def test_cancel_stays_cancelled_a_killed_rank_is_retried_once_and_a_short_time_i
 ):
     short, cancelled, killed = (str(tmp_path / n) for n in ("short", "cancelled", "killed"))
     short_job = pretrain(slurm_cluster, manifest, short, nodes=1, time_limit=2)
-    cancel_job = pretrain(slurm_cluster, manifest, cancelled, nodes=1, **{"--save-interval": 3})
+    cancel_job = pretrain(slurm_cluster, manifest, cancelled, nodes=1, **{"--save-interval": 10})
     kill_job = pretrain(
         slurm_cluster, manifest, killed, nodes=1, launcher=("--max-failures", "1"),
-        **{"--save-interval": 3},
+        **{"--save-interval": 10},
     )
     # --time 2: refused when the job starts, said once, never requeued.
     assert slurm_cluster.wait(short_job) == "FAILED"
@@ -203,24 +205,26 @@ def test_cancel_stays_cancelled_a_killed_rank_is_retried_once_and_a_short_time_i
 
     # A plain scancel once a checkpoint exists: the trainer saves on SIGTERM, as when preempted,
     # but the launcher sees a user's cancel and does not requeue.
-    wait_for(lambda: saved(cancelled, 3), 240, "a checkpoint of the cancelled run")
+    wait_for(lambda: saved(cancelled, 10), 240, "a checkpoint of the cancelled run")
     slurm_cluster.run("scancel", cancel_job, check=True)
     assert slurm_cluster.wait(cancel_job) == "CANCELLED"
 
     # Kill the only rank of the other job after its first checkpoint: crashed, retried once.
-    wait_for(lambda: saved(killed, 3) and _rank0_of(kill_job) is not None, 240, "killed's save")
+    wait_for(lambda: saved(killed, 10) and _rank0_of(kill_job) is not None, 240, "killed's save")
     first_node = slurm_cluster.job_field(kill_job, "NodeList")
     _rank0_of(kill_job).kill()
+    time.sleep(1)
+    last = int(open(os.path.join(killed, "latest_checkpointed_iteration.txt")).read())
     release_requeued(slurm_cluster, kill_job, 1)
     assert slurm_cluster.wait(kill_job) == "COMPLETED", out_of(killed)
     out = out_of(killed)
     assert f"run crashed: rank 0 on node {first_node} (node 0) killed by SIGKILL" in out, out
-    assert "last checkpoint: iteration 3" in out and "failure 1 of --max-failures 1" in out
+    assert f"last checkpoint: iteration {last}" in out and "failure 1 of --max-failures 1" in out
     assert f"the retry avoids {first_node}" in out
     assert slurm_cluster.job_field(kill_job, "NodeList") != first_node
     state = json.load(open(os.path.join(killed, "run_state.json")))
     assert [(h["ended"], h["iteration"]) for h in state["history"]] == [
-        ("crashed", 3), ("finished", ITERS)
+        ("crashed", last), ("finished", ITERS)
     ]
     losses = losses_by_iteration(killed)
     assert sorted(losses) == list(range(1, ITERS + 1))

@@ -38,6 +38,25 @@ EXIT_MAX_RESTARTS = 3
 REQUEUED_BY_SLURM = ("PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING")
 
 
+def ended_by_slurm(job: dict) -> Optional[str]:
+    """Why Slurm is ending the job while its batch script still runs: ``cancelled``,
+    ``time-limit``, ``node-failure`` or None (still running: a preemption signal, or our stop).
+
+    ``scancel`` makes the state CANCELLED|COMPLETING, which ``scontrol`` shows as COMPLETING;
+    the time limit and a node failure show COMPLETING too, with Reason TimeLimit / NodeDown.
+    """
+    state, reason = job.get("JobState", ""), job.get("Reason", "")
+    if state == "CANCELLED":
+        return "cancelled"
+    if state in ("TIMEOUT", "DEADLINE") or reason == "TimeLimit":
+        return "time-limit"
+    if state == "NODE_FAIL" or reason == "NodeDown":
+        return "node-failure"
+    if state == "COMPLETING" and "Preempt" not in reason:
+        return "cancelled"
+    return None
+
+
 @dataclass
 class Decision:
     action: str
@@ -68,9 +87,10 @@ def decide(
     """The decision from the facts; ``job`` is ``scontrol show job``'s fields."""
     job = job or {}
     job_state = job.get("JobState", "")
+    ending = ended_by_slurm(job)
     state = run_state.read_state(run_dir) if run_dir else None
     if state is None:  # a stage without a run state (convert, evaluate): its exit code decides
-        if job_state == "CANCELLED":
+        if ending == "cancelled":
             return Decision("fail", exit_code or 1, "cancelled by the user (scancel)", "cancelled")
         if exit_code == 0:
             return Decision("done", 0, "command succeeded", "finished")
@@ -79,7 +99,7 @@ def decide(
     attempt = slurm_job.restart_count()
     if state.state == run_state.FINISHED:
         return Decision("done", 0, f"run finished at iteration {state.iteration}", "finished")
-    if job_state == "CANCELLED":
+    if ending == "cancelled":
         return Decision(
             "fail",
             exit_code or 1,
@@ -88,7 +108,7 @@ def decide(
             "cancelled",
             detail="cancelled by the user (scancel)",
         )
-    if unresponsive or job_state == "NODE_FAIL":
+    if unresponsive or ending == "node-failure":
         nodes = ", ".join(unresponsive) or job.get("NodeList", "?")
         if job.get("Requeue") == "1":
             then = (
@@ -114,7 +134,7 @@ def decide(
             "stopped",
         )
     if state.state == run_state.STOPPED and this_attempt:
-        why = "time limit" if state.reason == "exit-duration" or job_state == "TIMEOUT" else (
+        why = "time limit" if state.reason == "exit-duration" or ending == "time-limit" else (
             f"preempted: {state.reason}"
         )
         if attempt >= max_restarts:

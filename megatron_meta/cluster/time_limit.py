@@ -13,6 +13,7 @@ out.
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 from typing import List, Optional
@@ -94,8 +95,6 @@ def job_limit_mins(job: str) -> Optional[float]:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    import os
-
     p = argparse.ArgumentParser(prog="python -m megatron_meta.cluster.time_limit")
     p.add_argument("--check-job", action="store_true", help="check this job's own time limit")
     p.add_argument("--margin-mins", type=float, default=5.0, help="--exit-duration-margin-mins")
