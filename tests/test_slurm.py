@@ -18,6 +18,7 @@ from training_support import REPO, losses_by_iteration, run_cli, tiny_args, writ
 pytestmark = [pytest.mark.slurm, pytest.mark.distributed, pytest.mark.slow]
 
 ITERS = 80  # tiny iterations take ~0.1 s: long enough to signal a run between its saves
+KILLED_ITERS = 400
 VENV = sys.prefix  # passed to the jobs explicitly (launch.sh --env), as a user's job would
 
 
@@ -194,9 +195,9 @@ def test_cancel_stays_cancelled_a_killed_rank_is_retried_once_and_a_short_time_i
     short, cancelled, killed = (str(tmp_path / n) for n in ("short", "cancelled", "killed"))
     short_job = pretrain(slurm_cluster, manifest, short, nodes=1, time_limit=2)
     cancel_job = pretrain(slurm_cluster, manifest, cancelled, nodes=1, **{"--save-interval": 10})
-    kill_job = pretrain(
+    kill_job = pretrain(  # long enough to find its rank (psutil on a busy machine) and kill it
         slurm_cluster, manifest, killed, nodes=1, launcher=("--max-failures", "1"),
-        **{"--save-interval": 10},
+        **{"--save-interval": 10, "--train-iters": KILLED_ITERS},
     )
     # --time 2: refused when the job starts, said once, never requeued.
     assert slurm_cluster.wait(short_job) == "FAILED"
@@ -210,9 +211,11 @@ def test_cancel_stays_cancelled_a_killed_rank_is_retried_once_and_a_short_time_i
     assert slurm_cluster.wait(cancel_job) == "CANCELLED"
 
     # Kill the only rank of the other job after its first checkpoint: crashed, retried once.
-    wait_for(lambda: saved(killed, 10) and _rank0_of(kill_job) is not None, 240, "killed's save")
+    victims = []
+    wait_for(lambda: victims.append(_rank0_of(kill_job)) or victims[-1], 240, "killed's rank")
+    wait_for(lambda: saved(killed, 10), 240, "killed's first checkpoint")
     first_node = slurm_cluster.job_field(kill_job, "NodeList")
-    _rank0_of(kill_job).kill()
+    victims[-1].kill()
     time.sleep(1)
     last = int(open(os.path.join(killed, "latest_checkpointed_iteration.txt")).read())
     release_requeued(slurm_cluster, kill_job, 1)
@@ -224,10 +227,10 @@ def test_cancel_stays_cancelled_a_killed_rank_is_retried_once_and_a_short_time_i
     assert slurm_cluster.job_field(kill_job, "NodeList") != first_node
     state = json.load(open(os.path.join(killed, "run_state.json")))
     assert [(h["ended"], h["iteration"]) for h in state["history"]] == [
-        ("crashed", last), ("finished", ITERS)
+        ("crashed", last), ("finished", KILLED_ITERS)
     ]
     losses = losses_by_iteration(killed)
-    assert sorted(losses) == list(range(1, ITERS + 1))
+    assert sorted(losses) == list(range(1, KILLED_ITERS + 1))
 
     time.sleep(5)  # the cancel stays: no requeue came after it
     assert slurm_cluster.job_field(cancel_job, "JobState") == "CANCELLED"
@@ -260,7 +263,7 @@ def test_preprocess_array_and_merge_equal_one_run_and_a_failed_part_cancels_the_
     assert one.returncode == 0, one.stderr[-2000:]
     prefix = str(tmp_path / "slurm" / "news")
     sub = subprocess.run(
-        ["bash", "slurm/preprocess.sbatch", "--parts", "3", "--env", VENV, "--time", "10",
+        ["bash", "slurm/preprocess.sbatch", "--parts", "2", "--env", VENV, "--time", "10",
          "--", *common, "--output-prefix", prefix],
         cwd=REPO, env=job_env(slurm_cluster), capture_output=True, text=True,
     )  # fmt: skip
@@ -273,7 +276,7 @@ def test_preprocess_array_and_merge_equal_one_run_and_a_failed_part_cancels_the_
         for ext in (".bin", ".idx", ".metadata_tokens.npy"):
             assert filecmp.cmp(x.prefix + ext, y.prefix + ext, shallow=False), (x.prefix, ext)
     logs = sorted(os.listdir(prefix + "-logs"))
-    assert logs == [f"merge-{merge}.out"] + [f"part-{parts}_{i}.out" for i in range(3)], logs
+    assert logs == [f"merge-{merge}.out"] + [f"part-{parts}_{i}.out" for i in range(2)], logs
     assert not [f for f in os.listdir(REPO) if f.startswith("slurm-")]
 
     # A corrupt record with --on-bad-record error: the parts fail, the merge is cancelled
@@ -459,3 +462,37 @@ def test_study_array_crash_status_logs_cancel_resubmit_and_report(slurm_cluster,
     report = open(os.path.join(out, "report", "study.md")).read()
     for name in ("loo-Africa", "loo-Asia", "loo-Europe"):
         assert f"| {name} | all but {name[4:]} | full | tiny | finished | 60 |" in report
+
+
+def test_a_node_failure_is_left_to_slurm_and_the_run_resumes_from_its_checkpoint(
+    slurm_cluster, manifest, tmp_path
+):
+    """slurmd of the second node killed mid-run: Slurm (SlurmdTimeout 30 s here) marks the node
+    DOWN and requeues the --requeue job itself; the launcher must not claim otherwise. Once the
+    node is back, the job resumes from its last checkpoint."""
+    import re
+
+    save = str(tmp_path / "node-failure")
+    job = pretrain(slurm_cluster, manifest, save, **{"--train-iters": 5000, "--save-interval": 20})
+    wait_for(lambda: saved(save, 20), 240, "the first checkpoint")
+    slurm_cluster.kill_slurmd("n2")
+    try:
+        wait_for(lambda: slurm_cluster.job_field(job, "Restarts") == "1", 180, "Slurm's requeue")
+        assert "DOWN" in slurm_cluster.node_state("n2")
+        tracker = os.path.join(save, "latest_checkpointed_iteration.txt")
+        time.sleep(3)
+    finally:
+        slurm_cluster.start_slurmd("n2")
+    wait_for(lambda: "DOWN" not in slurm_cluster.node_state("n2"), 120, "n2 back in service")
+    last = int(open(tracker).read())
+    out = out_of(save)
+    assert "not requeued; fix the cause" not in out and "requeueing (restart" not in out, out
+    release_requeued(slurm_cluster, job, 1)
+    node0 = os.path.join(save, "logs", f"{job}_1", "node0.log")
+    wait_for(lambda: os.path.exists(node0) and "loaded checkpoint" in open(node0).read(), 240,
+             "the second attempt's load")  # fmt: skip
+    loaded = int(re.search(r"loaded checkpoint \S+ \(iteration (\d+)\)", open(node0).read())[1])
+    assert loaded == last
+    assert not [f for f in os.listdir(save) if f.endswith(".tmp")]
+    slurm_cluster.run("scancel", job, check=True)
+    assert slurm_cluster.wait(job) == "CANCELLED"
