@@ -11,8 +11,8 @@
 #   --run-dir DIR           MM_RUN_DIR        the run's folder (its --save): logs/{job}_{attempt}/
 #                                             and run_state.json (requeue decision) live there
 #   --max-restarts N        MM_MAX_RESTARTS   requeues after preemption/time limit (default 10)
-#   --max-failures N        MM_MAX_FAILURES   retries of a crashed run from its last checkpoint,
-#                                             off the failed node where possible (default 0)
+#   --max-failures N        MM_MAX_FAILURES   retries of a crashed run from its last checkpoint
+#                                             (default 0: a crash fails the job)
 #   --env PATH              MM_PYTHON_ENV     a virtualenv folder (or a script) to activate
 #   --container-image IMG   MM_CONTAINER_IMAGE   run in a container (pyxis)
 #   --container-mounts M    MM_CONTAINER_MOUNTS  its mounts (pyxis --container-mounts)

@@ -62,11 +62,11 @@ def test_a_crash_is_recorded_and_retried_only_with_max_failures(job, tmp_path):
     assert state.state == "crashed" and state.iteration == 20 and "SIGKILL" in state.detail
     assert state.history[-1]["ended"] == "crashed" and state.history[-1]["node"] == "n2"
 
-    # --max-failures 1: the first crash is retried off n2, the second is not.
+    # --max-failures: a crash is retried while failures <= N, then no more.
     run_state.write_state(run, run_state.RunState("running", 20))  # the retry started again
     assert len(run_state.read_state(run).history) == 1  # the history survives the trainer
     d = requeue.decide(1, run, 10, 2, {"JobState": "RUNNING"}, (), cause)
-    assert d.action == "requeue" and d.exclude == ["n2"] and "failure 2 of --max-failures 2" in d.message
+    assert d.action == "requeue" and "failure 2 of --max-failures 2" in d.message
     d = requeue.decide(1, run, 10, 1, {"JobState": "RUNNING"}, (), cause)
     assert d.action == "fail" and "--max-failures 1 reached" in d.message
 
@@ -248,3 +248,26 @@ runs: [{{name: a}}]
         cwd=REPO, capture_output=True, text=True,
     )
     assert out.returncode == 0 and "--signal=USR1@60" in out.stdout, out.stderr
+
+
+def test_a_resubmitted_run_avoids_the_nodes_it_crashed_on(tmp_path):
+    from megatron_meta.study.graph import build_graph
+    from megatron_meta.study.slurm import sbatch_options
+    from megatron_meta.study.spec import load_study
+
+    spec = tmp_path / "s.yaml"
+    spec.write_text(f"""
+name: x
+output_dir: {tmp_path / 'out'}
+regions: [Asia]
+data: {{manifest: m.json}}
+defaults: {{train: {{model: tiny}}, slurm: {{time: 30}}}}
+runs: [{{name: a}}]
+""")
+    study = load_study(str(spec))
+    node = next(n for n in build_graph(study) if n.kind == "train")
+    assert not [o for o in sbatch_options(study, node) if o.startswith("--exclude")]
+    state = run_state.RunState("crashed", 10)
+    state.history = [{"ended": "crashed", "node": "gpu7"}, {"ended": "stopped", "node": None}]
+    run_state.write_state(node.output, state)
+    assert "--exclude=gpu7" in sbatch_options(study, node)

@@ -223,8 +223,6 @@ def test_cancel_stays_cancelled_a_killed_rank_is_retried_once_and_a_short_time_i
     out = out_of(killed)
     assert f"run crashed: rank 0 on node {first_node} (node 0) killed by SIGKILL" in out, out
     assert f"last checkpoint: iteration {last}" in out and "failure 1 of --max-failures 1" in out
-    assert f"the retry avoids {first_node}" in out
-    assert slurm_cluster.job_field(kill_job, "NodeList") != first_node
     state = json.load(open(os.path.join(killed, "run_state.json")))
     assert [(h["ended"], h["iteration"]) for h in state["history"]] == [
         ("crashed", last), ("finished", KILLED_ITERS)

@@ -16,8 +16,10 @@ even when every rank saved cleanly):
 * anything else is a crash: state ``crashed`` naming the rank, node and signal (from the node
   logs, :mod:`.crash`) and the last checkpoint; failed without requeueing, so a broken run never
   loops and ``--dependency=afterok`` dependants never start. ``--max-failures M`` (opt-in) retries
-  a crashed job up to M times from its last checkpoint, off the failed node where the partition
-  has nodes to spare.
+  a crashed job up to M times from its last checkpoint. The retry cannot be kept off the failed
+  node from in here: Slurm changes ``ExcNodeList`` only of a pending job, and a requeued job is
+  not pending until this script has ended; the failed node is recorded in the history, and
+  ``study submit`` excludes it when it resubmits the run.
 
 Every attempt's ending is appended to the state's ``history``.
 """
@@ -25,10 +27,11 @@ Every attempt's ending is appended to the state's ``history``.
 from __future__ import annotations
 
 import argparse
+import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
 from megatron_meta.cluster import crash, run_state, slurm_job
@@ -66,8 +69,6 @@ class Decision:
     message: str
     ended: str
     """How the attempt ended: finished, stopped, cancelled, node-failure, crashed, failed."""
-    exclude: List[str] = field(default_factory=list)
-    """requeue after a crash: nodes to keep the retry off."""
     detail: Optional[str] = None
 
 
@@ -163,7 +164,6 @@ def decide(
             0,
             f"{head}; retrying from it (failure {failures} of --max-failures {max_failures})",
             "crashed",
-            exclude=[cause.node] if cause and not cause.node.startswith("#") else [],
             detail=what,
         )
     limit = f"--max-failures {max_failures} reached" if max_failures else "--max-failures 0"
@@ -212,6 +212,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         "--max-failures", type=int, default=0, help="retries of a crashed job (default 0: none)"
     )
     args = parser.parse_args(argv)
+    # Slurm's SIGTERM to the job (a cancel, a requeue) must not cut the decision short.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     job = slurm_job.job_info()
     names = slurm_job.node_names()
     cause = crash.root_cause(args.log_dir, names)
@@ -233,19 +235,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (OSError, RuntimeError, subprocess.SubprocessError) as e:
         print(f"megatron-meta launcher: requeue failed ({e}); submit the job again to resume")
         return 1
-    if d.exclude:
-        needed = int(job.get("NumNodes", "1") or 1)
-        if slurm_job.spare_nodes(job.get("Partition"), d.exclude) >= needed:
-            try:
-                slurm_job.exclude_nodes(slurm_job.job_key(), d.exclude)
-                print(f"megatron-meta launcher: the retry avoids {', '.join(d.exclude)}")
-            except (OSError, subprocess.SubprocessError) as e:
-                print(f"megatron-meta launcher: could not exclude {d.exclude} ({e})")
-        else:
-            print(
-                f"megatron-meta launcher: the retry may run on {', '.join(d.exclude)} again: "
-                f"the partition has no {needed} other node(s) up"
-            )
     return d.code
 
 

@@ -127,27 +127,3 @@ def unresponsive_nodes(names: List[str]) -> List[str]:
         if any(word in state for word in ("DOWN", "NOT_RESPONDING", "FAIL")) or state.endswith("*"):
             bad.append(f"{name} ({state})")
     return bad
-
-
-def spare_nodes(partition: Optional[str], excluded: List[str]) -> int:
-    """Nodes of the partition that are up and not in ``excluded``."""
-    cmd = ["sinfo", "-h", "-N", "-o", "%N %t"] + (["-p", partition] if partition else [])
-    try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return 0
-    up = {
-        line.split()[0]
-        for line in out.splitlines()
-        if len(line.split()) == 2 and not line.split()[1].startswith(("down", "drain", "fail"))
-    }
-    return len(up - set(excluded))
-
-
-def exclude_nodes(key: str, nodes: List[str]) -> None:
-    """Keep a (requeued, pending) job off ``nodes`` (``scontrol update ExcNodeList``)."""
-    subprocess.run(
-        ["scontrol", "update", f"JobId={key}", f"ExcNodeList={','.join(nodes)}"],
-        check=True,
-        timeout=60,
-    )

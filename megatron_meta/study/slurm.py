@@ -108,9 +108,19 @@ def sbatch_options(study: Study, node: Node, array: Optional[str] = None) -> Lis
     if training:  # a warning before the limit, in proportion to it (the trainer's clock is first)
         lead = s.get("signal_seconds") or time_limit.signal_lead_seconds(_time_minutes(study, node))
         opts.append(f"--signal=USR1@{lead}")
+    if training and not array:
+        opts += _exclude_crashed(node)
     if array:
         opts.append(f"--array={array}")
     return opts + [str(x) for x in s.get("extra", [])]
+
+
+def _exclude_crashed(node: Node) -> List[str]:
+    """``--exclude`` the nodes this run crashed on before (its run state's history)."""
+    rs = run_state.read_state(node.output)
+    bad = sorted({h["node"] for h in (rs.history if rs else []) if h.get("ended") == "crashed"
+                  and h.get("node")})  # fmt: skip
+    return [f"--exclude={','.join(bad)}"] if bad else []
 
 
 def launcher_options(study: Study, node: Node) -> List[str]:

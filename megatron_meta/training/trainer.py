@@ -345,4 +345,6 @@ def train(
     finally:
         if run is not None:
             run.close()
+        else:  # failed while starting up: give the signals back all the same
+            stop.close()
         destroy_parallel()
