@@ -124,5 +124,6 @@ else
 fi
 CODE=$?
 echo "launch.sh: attempt $ATTEMPT exited with code $CODE"
+TRAINING=(); [ "$LAUNCHER" = torchrun ] && TRAINING=(--training)
 exec "$PYTHON" -m megatron_meta.cluster.requeue --exit-code "$CODE" --max-restarts "$MAX_RESTARTS" \
-  --max-failures "$MAX_FAILURES" --log-dir "$LOG_DIR" ${RUN_DIR:+--run-dir "$RUN_DIR"}
+  --max-failures "$MAX_FAILURES" --log-dir "$LOG_DIR" ${RUN_DIR:+--run-dir "$RUN_DIR"} "${TRAINING[@]}"

@@ -104,6 +104,10 @@ def test_a_node_failure_is_left_to_slurm_and_said_so(job, tmp_path):
     assert "Slurm fails the job" in d.message
     d = requeue.decide(1, run, 10, 0, {"JobState": "PENDING", "Reason": "BeginTime"})
     assert d.ended == "requeued-by-slurm" and "already requeued" in d.message
+    # Seen on the test cluster: the node came back before the launcher asked, and the requeued
+    # job shows COMPLETING, like a cancel; its restart count tells Slurm requeued it.
+    d = requeue.decide(1, run, 10, 0, {"JobState": "COMPLETING", "Reason": "None", "Restarts": "1"})
+    assert d.ended == "requeued-by-slurm" and "Slurm requeued the job itself" in d.message
 
 
 def test_slurm_times_and_limits_too_short_to_train():
@@ -271,3 +275,19 @@ runs: [{{name: a}}]
     state.history = [{"ended": "crashed", "node": "gpu7"}, {"ended": "stopped", "node": None}]
     run_state.write_state(node.output, state)
     assert "--exclude=gpu7" in sbatch_options(study, node)
+
+
+def test_a_run_killed_before_it_wrote_its_state_is_recorded_as_crashed(job, tmp_path):
+    run = str(tmp_path / "run")
+    cause = crash.root_cause(_logs(str(tmp_path / "logs")), ["n1", "n2"])
+    d = requeue.decide(1, run, 10, 0, {"JobState": "RUNNING"}, (), cause, training=True)
+    assert d.ended == "crashed" and "last checkpoint: none yet" in d.message
+    requeue.record(run, d, 1, cause.node, training=True)
+    state = run_state.read_state(run)
+    assert state.state == "crashed" and "SIGKILL" in state.detail
+    # Not a training run (a conversion's --save): its exit code decides, nothing is written.
+    other = str(tmp_path / "convert")
+    d = requeue.decide(1, other, 10, 0, {"JobState": "RUNNING"}, (), cause)
+    assert d.ended == "failed"
+    requeue.record(other, d, 1, None)
+    assert not os.path.exists(other)

@@ -84,12 +84,16 @@ def decide(
     job: Optional[dict] = None,
     unresponsive: Tuple[str, ...] = (),
     cause: Optional[crash.RankFailure] = None,
+    training: bool = False,
 ) -> Decision:
-    """The decision from the facts; ``job`` is ``scontrol show job``'s fields."""
+    """The decision from the facts; ``job`` is ``scontrol show job``'s fields; ``training``:
+    the command was a training run (its ranks write the run state)."""
     job = job or {}
     job_state = job.get("JobState", "")
     ending = ended_by_slurm(job)
     state = run_state.read_state(run_dir) if run_dir else None
+    if state is None and training and run_dir and exit_code:  # died before writing it
+        state = run_state.RunState(run_state.RUNNING, 0)
     if state is None:  # a stage without a run state (convert, evaluate): its exit code decides
         if ending == "cancelled":
             return Decision("fail", exit_code or 1, "cancelled by the user (scancel)", "cancelled")
@@ -100,6 +104,16 @@ def decide(
     attempt = slurm_job.restart_count()
     if state.state == run_state.FINISHED:
         return Decision("done", 0, f"run finished at iteration {state.iteration}", "finished")
+    restarts = job.get("Restarts", "")
+    if restarts.isdigit() and int(restarts) > attempt:  # a node failure (or an admin) did it
+        nodes = ", ".join(unresponsive) or "a node of the job failed"
+        return Decision(
+            "fail",
+            exit_code or 1,
+            f"Slurm requeued the job itself ({nodes}; {job_state} {job.get('Reason', '')}); "
+            f"it resumes from its last checkpoint ({_checkpoint(state)}) when it starts again",
+            "requeued-by-slurm",
+        )
     if ending == "cancelled":
         return Decision(
             "fail",
@@ -177,10 +191,15 @@ def decide(
     )
 
 
-def record(run_dir: Optional[str], d: Decision, exit_code: int, node: Optional[str]) -> None:
+def record(
+    run_dir: Optional[str], d: Decision, exit_code: int, node: Optional[str], training: bool = False
+) -> None:
     """Append the attempt's ending to the run state's history; crashed/cancelled become the
-    state itself (the trainer could not write them)."""
+    state itself (the trainer could not write them; a run that died before writing any state
+    gets one)."""
     state = run_state.read_state(run_dir) if run_dir else None
+    if state is None and training and run_dir and d.ended in (run_state.CRASHED, run_state.CANCELLED):
+        state = run_state.RunState(d.ended, 0)
     if state is None:
         return
     state.history.append(
@@ -211,6 +230,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument(
         "--max-failures", type=int, default=0, help="retries of a crashed job (default 0: none)"
     )
+    parser.add_argument("--training", action="store_true", help="the attempt ran torchrun")
     args = parser.parse_args(argv)
     # Slurm's SIGTERM to the job (a cancel, a requeue) must not cut the decision short.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -225,8 +245,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         job,
         tuple(slurm_job.unresponsive_nodes(names)),
         cause,
+        args.training,
     )
-    record(args.run_dir, d, args.exit_code, cause.node if cause else None)
+    record(args.run_dir, d, args.exit_code, cause.node if cause else None, args.training)
     print(f"megatron-meta launcher: {d.message}", flush=True)
     if d.action != "requeue":
         return d.code
