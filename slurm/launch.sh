@@ -124,6 +124,6 @@ else
 fi
 CODE=$?
 echo "launch.sh: attempt $ATTEMPT exited with code $CODE"
-TRAINING=(); [ "$LAUNCHER" = torchrun ] && TRAINING=(--training)
+TRAINING=; [ "$LAUNCHER" = torchrun ] && TRAINING=--training  # (no empty array: bash 4.2, set -u)
 exec "$PYTHON" -m megatron_meta.cluster.requeue --exit-code "$CODE" --max-restarts "$MAX_RESTARTS" \
-  --max-failures "$MAX_FAILURES" --log-dir "$LOG_DIR" ${RUN_DIR:+--run-dir "$RUN_DIR"} "${TRAINING[@]}"
+  --max-failures "$MAX_FAILURES" --log-dir "$LOG_DIR" ${RUN_DIR:+--run-dir "$RUN_DIR"} $TRAINING
