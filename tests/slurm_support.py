@@ -121,6 +121,7 @@ MpiDefault=none
 ReturnToService=2
 MinJobAge=3600
 KillWait=20
+SlurmdTimeout=30
 SchedulerParameters=defer_batch_submit
 SchedulerType=sched/backfill
 {chr(10).join(nodes)}
@@ -144,6 +145,28 @@ PartitionName=debug Nodes=n1,n2 Default=YES MaxTime=INFINITE State=UP
             f"nodes not idle: {self.run('sinfo').stdout}\n"
             + open(f"{d}/slurmctld.log").read()[-3000:]
         )
+
+    def kill_slurmd(self, node: str) -> None:
+        """A node failure: SIGKILL that node's slurmd (its job steps live on, as on a real
+        machine whose daemon died, until Slurm gives the node up)."""
+        pid = _pid(os.path.join(self.folder, f"slurmd-{node}.pid"))
+        _signal(pid, signal.SIGKILL)
+        end = time.time() + 15
+        while time.time() < end and _alive(pid):
+            time.sleep(0.2)
+
+    def start_slurmd(self, node: str) -> None:
+        """Bring the node back (ReturnToService=2 lets it rejoin when it registers)."""
+        pidfile = os.path.join(self.folder, f"slurmd-{node}.pid")
+        if os.path.exists(pidfile):
+            os.remove(pidfile)
+        subprocess.run(["slurmd", "-f", self.conf, "-N", node], check=True, env=self.env)
+        self.pids.append(_pid(pidfile))
+
+    def node_state(self, node: str) -> str:
+        out = self.run("scontrol", "show", "node", node, "-o").stdout
+        fields = dict(f.split("=", 1) for f in out.split() if "=" in f)
+        return fields.get("State", "")
 
     def run(self, *cmd: str, check: bool = False) -> subprocess.CompletedProcess:
         return subprocess.run(list(cmd), capture_output=True, text=True, env=self.env, check=check)

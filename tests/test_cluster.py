@@ -55,8 +55,8 @@ def test_end_time_from_slurm_job_end_time(job, monkeypatch):
 def test_decision_after_an_attempt(job, tmp_path, state, reason, same_attempt, code, expected):
     written = run_state.RunState(state, 5, reason, attempt=1 if same_attempt else 0)
     run_state.write_state(str(tmp_path), written)
-    action, exit_code, message = requeue.decide(code, str(tmp_path), max_restarts=3)
-    assert (action, exit_code) == expected, message
+    d = requeue.decide(code, str(tmp_path), max_restarts=3)
+    assert (d.action, d.code) == expected, d.message
 
 
 def test_requeues_stop_at_max_restarts_and_stages_without_state_use_the_exit_code(
@@ -64,10 +64,13 @@ def test_requeues_stop_at_max_restarts_and_stages_without_state_use_the_exit_cod
 ):
     run_state.write_state(str(tmp_path), run_state.RunState("stopped", 5, "SIGTERM"))
     monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
-    action, code, message = requeue.decide(1, str(tmp_path), max_restarts=1)
-    assert (action, code) == ("fail", requeue.EXIT_MAX_RESTARTS) and "--max-restarts 1" in message
-    assert requeue.decide(0, str(tmp_path / "none"), 3)[:2] == ("done", 0)
-    assert requeue.decide(2, None, 3)[:2] == ("fail", 2)
+    d = requeue.decide(1, str(tmp_path), max_restarts=1)
+    assert (d.action, d.code) == ("fail", requeue.EXIT_MAX_RESTARTS)
+    assert "--max-restarts 1" in d.message
+    d = requeue.decide(0, str(tmp_path / "none"), 3)
+    assert (d.action, d.code) == ("done", 0)
+    d = requeue.decide(2, None, 3)
+    assert (d.action, d.code) == ("fail", 2)
 
 
 @pytest.mark.distributed

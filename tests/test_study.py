@@ -70,6 +70,7 @@ def test_dry_run_prints_arrays_and_afterok_edges_and_submits_nothing(tmp_path):
     assert out.stdout.count("$ sbatch") > 31 and "--array=0-15" in out.stdout
     assert "--dependency=afterok:<train@0>_0" in out.stdout
     assert not os.path.exists(tmp_path / "study" / "ledger.json")
+    assert os.listdir(tmp_path) == []  # a dry run writes nothing at all
 
 
 @pytest.mark.distributed

@@ -17,6 +17,7 @@ from typing import Any, Dict
 import torch
 import torch.distributed as dist
 
+from megatron_meta.checkpoints.hygiene import write_results_in_process
 from megatron_meta.checkpoints.layout import TRACKER, iteration_dir, record_files
 from megatron_meta.errors import CheckpointError, OutputError
 from megatron_meta.outputs import disk_full_guard, disk_full_message, looks_full
@@ -46,6 +47,7 @@ def save_state(root: str, iteration: int, state: Dict[str, Any]) -> str:
     dist.barrier()
     failure = None
     try:
+        write_results_in_process()  # no Manager / resource-tracker processes (hygiene.py)
         dist_checkpointing.save(state, tmp)
     except (KeyboardInterrupt, SystemExit):
         raise

@@ -11,7 +11,7 @@ import logging
 import os
 import subprocess
 import time
-from typing import Optional
+from typing import List, Optional
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +63,15 @@ def end_time() -> Optional[float]:
     return _parse_time(out.splitlines()[0]) if out.strip() else None
 
 
+def time_limit_mins() -> Optional[float]:
+    """This job's time limit in minutes (``squeue %l``), None outside a job or unlimited."""
+    if not in_job():
+        return None
+    from megatron_meta.cluster.time_limit import job_limit_mins
+
+    return job_limit_mins(os.environ["SLURM_JOB_ID"])
+
+
 def default_exit_duration_mins(margin_mins: float) -> Optional[float]:
     """Minutes from now until the job's end minus ``margin_mins`` (None: no limit known)."""
     end = end_time()
@@ -77,3 +86,44 @@ def requeue(key: Optional[str] = None) -> None:
     if key is None:
         raise RuntimeError("not inside a Slurm job")
     subprocess.run(["scontrol", "requeue", key], check=True, timeout=60)
+
+
+def _scontrol_fields(*args: str) -> dict:
+    """``scontrol show ... -o`` as a dict of its ``Key=Value`` fields ({} when it fails)."""
+    try:
+        out = subprocess.run(
+            ["scontrol", "show", *args, "-o"], capture_output=True, text=True, timeout=30
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    return dict(f.split("=", 1) for f in out.split() if "=" in f)
+
+
+def job_info(key: Optional[str] = None) -> dict:
+    """What slurmctld says about this job now (JobState, Reason, Requeue, NodeList, ...)."""
+    key = key or job_key()
+    return _scontrol_fields("job", key) if key else {}
+
+
+def node_names() -> List[str]:
+    """This job's nodes in order (node index N is ``SLURM_NODEID`` N)."""
+    nodelist = os.environ.get("SLURM_JOB_NODELIST")
+    if not nodelist:
+        return []
+    try:
+        out = subprocess.run(
+            ["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, timeout=30
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return out.split()
+
+
+def unresponsive_nodes(names: List[str]) -> List[str]:
+    """Those of ``names`` slurmctld finds down or not responding (a node failure)."""
+    bad = []
+    for name in names:
+        state = _scontrol_fields("node", name).get("State", "")
+        if any(word in state for word in ("DOWN", "NOT_RESPONDING", "FAIL")) or state.endswith("*"):
+            bad.append(f"{name} ({state})")
+    return bad

@@ -1,9 +1,11 @@
-"""``megatron-meta study plan|submit|status|run|report STUDY.yaml``.
+"""``megatron-meta study plan|submit|status|logs|cancel|run|report STUDY.yaml``.
 
     megatron-meta study plan examples/study_paper.yaml            # the graph and its commands
     megatron-meta study submit examples/study_paper.yaml --dry-run
     megatron-meta study submit examples/study_paper.yaml          # Slurm, afterok chains
     megatron-meta study status examples/study_paper.yaml          # per node: state, attempts
+    megatron-meta study logs examples/study_paper.yaml train/global-full   # its Slurm logs
+    megatron-meta study cancel examples/study_paper.yaml [NODE ...]        # scancel (all: none named)
     megatron-meta study run examples/study_demo.yaml --executor local --nproc 2
     megatron-meta study report examples/study_demo.yaml
 
@@ -34,9 +36,16 @@ def build_parser() -> argparse.ArgumentParser:
         ("status", "state of every node (done, pending, running, failed, ...)"),
         ("run", "run the graph on this machine"),
         ("report", "tables and charts from the study's outputs"),
+        ("logs", "a submitted node's Slurm and per-node logs"),
+        ("cancel", "cancel submitted nodes' jobs (all when none is named)"),
     ):
         s = sub.add_parser(name, help=help_)
         s.add_argument("study", metavar="STUDY.yaml")
+        if name == "logs":
+            s.add_argument("node", help="a node name, as `study status` prints it")
+            s.add_argument("--lines", type=int, default=40, help="last lines of each log (0: all)")
+        if name == "cancel":
+            s.add_argument("nodes", nargs="*", metavar="NODE", help="nodes to cancel")
         s.add_argument("--output-dir", help="override the study's output_dir")
         if name == "submit":
             s.add_argument("--dry-run", action="store_true", help="print the sbatch commands only")
@@ -75,6 +84,17 @@ def main(argv: List[str]) -> int:
         return 0
     if args.action == "status":
         return status(study, nodes)
+    if args.action == "logs":
+        from megatron_meta.study.slurm_ops import node_logs
+
+        print(node_logs(study, nodes, args.node, args.lines))
+        return 0
+    if args.action == "cancel":
+        from megatron_meta.study.slurm_ops import cancel
+
+        done = cancel(study, nodes, args.nodes)
+        print("cancelled: " + (", ".join(done) if done else "nothing (no submitted job)"))
+        return 0
     if args.action == "submit" or args.executor == "slurm":
         from megatron_meta.study.slurm import submit
 
@@ -102,6 +122,8 @@ def status(study, nodes) -> int:
 
             live = live_jobs() if live is None else live
             state, attempts = node_state(node, entry, live)
+            if entry.get("state") != state:  # the ledger follows what Slurm says
+                ledger.record(node.name, state=state)
         else:
             state = "done" if node.done() else entry.get("state", "missing")
             attempts = entry.get("attempts", 0)

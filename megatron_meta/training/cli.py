@@ -25,15 +25,19 @@ from typing import List
 
 from megatron_meta.training.config import parse_args
 from megatron_meta.training.preflight import preflight
+from megatron_meta.training.stopping import StopRequest
 
 
 def main(argv: List[str]) -> int:
+    # First of all: a stop signal during start-up (Slurm signals every process of the job) is
+    # remembered and honoured after the first iteration, instead of killing the process.
+    stop = StopRequest()
     config = parse_args(argv)
     manifest = preflight(config)  # fail fast, before megatron-core is imported
 
     from megatron_meta.training.trainer import train
 
-    train(config, manifest)  # logs where and why it stopped
+    train(config, manifest, stop)  # logs where and why it stopped
     return 0
 
 

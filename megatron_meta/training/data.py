@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 from dataclasses import dataclass
 from typing import Dict, Iterator, List, Optional, Sequence
 
@@ -289,6 +290,14 @@ class _RankBatches(torch.utils.data.Sampler):
         return (self.end - self.start) // (self.micro_batch * self.dp_size)
 
 
+def ignore_stop_signals(worker_id: int) -> None:
+    """In a data-loader worker: ignore the stop signals the trainer handles. Slurm sends them
+    to every process of the step, and torch's workers die of SIGTERM, crashing the trainer
+    before it can save; the trainer shuts its workers down itself."""
+    for sig in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_IGN)
+
+
 class TrainBatches:
     """This rank's micro-batches of any iteration; a new loader only on a jump or phase change."""
 
@@ -322,6 +331,7 @@ class TrainBatches:
             batch_sampler=sampler,
             num_workers=self.num_workers,
             pin_memory=torch.cuda.is_available(),
+            worker_init_fn=ignore_stop_signals if self.num_workers else None,
         )
         self._iter = iter(loader)
 

@@ -14,15 +14,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import signal
 import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
 
-import torch
 import torch.distributed as dist
 
-from megatron_meta.cluster import run_state, slurm_job
+from megatron_meta.checkpoints.hygiene import remove_partial_checkpoints
+from megatron_meta.cluster import run_state
 from megatron_meta.errors import CheckpointError
 from megatron_meta.models import build_model
 from megatron_meta.models.build import pad_vocab_size
@@ -32,18 +31,17 @@ from megatron_meta.platform import cpu as platform
 from megatron_meta.manifest import Manifest
 from megatron_meta.training import checkpoint as ckpt
 from megatron_meta.training import nonfinite
-from megatron_meta.training.config import RunConfig, TrainingConfig, dump_yaml
+from megatron_meta.training.config import RunConfig, dump_yaml
 from megatron_meta.training.data import TrainBatches, build_phases
 from megatron_meta.training.metrics import LossWindow, MetricsWriter, Throughput
 from megatron_meta.training.optimizer import build_optimizer, learning_rate, set_learning_rate
 from megatron_meta.training.preflight import preflight
 from megatron_meta.training.starting_point import starting_point
 from megatron_meta.training.step import forward_backward, overlap_grad_reduce
+from megatron_meta.training.stopping import StopClock, StopRequest
 from megatron_meta.training.validation import build_validation, validation_losses
 
 logger = logging.getLogger(__name__)
-
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)  # Slurm preemption / time limit warnings
 
 
 @dataclass
@@ -60,43 +58,18 @@ class TrainSummary:
     """``exit-interval``, ``exit-duration`` or a signal name when the run stopped early."""
 
 
-class StopRequest:
-    """Remembers SIGTERM/SIGUSR1; all ranks agree on it at the end of each iteration."""
-
-    def __init__(self) -> None:
-        self.signum: Optional[int] = None
-        self._previous: Dict[int, Any] = {}
-        for sig in STOP_SIGNALS:
-            self._previous[sig] = signal.signal(sig, self._handle)
-            # Restart interrupted system calls: a signal landing in a gloo socket read must not
-            # fail the collective (EINTR) and crash the rank that was asked to save.
-            signal.siginterrupt(sig, False)
-
-    def _handle(self, signum, frame) -> None:
-        self.signum = signum
-        logger.warning(
-            "received %s: saving a checkpoint after this iteration", signal.Signals(signum).name
-        )
-
-    def agreed(self, device: torch.device, time_up: bool = False) -> Optional[str]:
-        """The stop reason all ranks agree on: a signal's name, ``exit-duration`` or None."""
-        flag = torch.tensor(
-            [0 if self.signum is None else int(self.signum), int(time_up)], device=device
-        )
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        if int(flag[0].item()):
-            return signal.Signals(int(flag[0].item())).name
-        return "exit-duration" if int(flag[1].item()) else None
-
-    def close(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
 
 
 class TrainingRun:
     """Everything one training process holds; :func:`train` drives it."""
 
-    def __init__(self, config: RunConfig, info: ParallelInfo, manifest: Manifest):
+    def __init__(
+        self,
+        config: RunConfig,
+        info: ParallelInfo,
+        manifest: Manifest,
+        stop: Optional[StopRequest] = None,
+    ):
         from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
 
         self.config, self.info, self.manifest = config, info, manifest
@@ -151,9 +124,14 @@ class TrainingRun:
         self.skipped_iterations = 0
         self.last_saved: Optional[int] = None
         self.summary = TrainSummary(iteration=0)
-        self.stop = StopRequest()
+        self.stop = stop or StopRequest()
         # Rank 0 alone keeps the clock (one squeue call per job); the stop flag is all-reduced.
-        self.deadline = exit_deadline(config.training) if info.rank == 0 else None
+        self.clock = (
+            StopClock(t.exit_duration_in_mins, t.exit_duration_margin_mins)
+            if info.rank == 0
+            else None
+        )
+        self.last_step_s = 0.0
 
     # -- checkpoints ---------------------------------------------------------------------------
 
@@ -202,10 +180,15 @@ class TrainingRun:
     def save(self) -> None:
         save = self.config.checkpoint.save
         if save and self.last_saved != self.iteration:
+            began = time.monotonic()
             ckpt.save_checkpoint(
                 save, self.iteration, self.model, self.optimizer, self.checkpoint_common()
             )
             self.last_saved = self.iteration
+            if self.clock is not None:
+                self.clock.measured(self.last_step_s, time.monotonic() - began)
+            if not self.done():  # the launcher names the last checkpoint after a crash
+                self.write_state(run_state.RUNNING)
             self.throughput.start()  # saving time is not training throughput
 
     # -- the loop's verbs ------------------------------------------------------------------------
@@ -220,6 +203,7 @@ class TrainingRun:
         o, t = self.config.optimizer, self.config.training
         lr = learning_rate(self.iteration + 1, o, t.train_iters)
         set_learning_rate(self.optimizer, lr, o.weight_decay)
+        began = time.monotonic()
         micro_batches = self.batches.micro_batches(self.iteration)
         self.model.zero_grad_buffer()
         self.optimizer.zero_grad()
@@ -240,6 +224,7 @@ class TrainingRun:
             _, grad_norm, _ = self.optimizer.step()
             self.losses.add(loss)
         self.iteration += 1
+        self.last_step_s = time.monotonic() - began
         self.throughput.iteration_done()
         self.summary.losses[self.iteration] = loss
         self.last_lr, self.last_grad_norm = lr, grad_norm
@@ -267,7 +252,7 @@ class TrainingRun:
 
     def check_stop(self) -> None:
         exit_interval = self.config.training.exit_interval
-        time_up = self.deadline is not None and time.monotonic() >= self.deadline
+        time_up = self.clock is not None and self.clock.time_up()
         reason = self.stop.agreed(self.info.device, time_up)
         if reason:
             self.summary.stopped_by = reason
@@ -316,26 +301,15 @@ class TrainingRun:
         self.metrics.close()
 
 
-def exit_deadline(t: TrainingConfig) -> Optional[float]:
-    """``time.monotonic()`` at which to save and stop: ``--exit-duration-in-mins``, or inside a
-    Slurm job with a time limit, its end minus ``--exit-duration-margin-mins``."""
-    minutes = t.exit_duration_in_mins
-    if minutes is None:
-        minutes = slurm_job.default_exit_duration_mins(t.exit_duration_margin_mins)
-        if minutes is not None:
-            logger.info(
-                "Slurm job ends in %.1f min: saving and stopping after %.1f min "
-                "(--exit-duration-in-mins; margin %.1f min)",
-                minutes + t.exit_duration_margin_mins, minutes, t.exit_duration_margin_mins,
-            )
-    return None if minutes is None else time.monotonic() + 60.0 * minutes
-
-
-def train(config: RunConfig, manifest: Optional[Manifest] = None) -> TrainSummary:
+def train(
+    config: RunConfig, manifest: Optional[Manifest] = None, stop: Optional[StopRequest] = None
+) -> TrainSummary:
     """Train as configured; returns when done, at ``--exit-interval`` or on SIGTERM/SIGUSR1.
 
-    ``manifest`` is :func:`~.preflight.preflight`'s result when the caller already ran it.
+    ``manifest`` is :func:`~.preflight.preflight`'s result when the caller already ran it;
+    ``stop`` the caller's :class:`StopRequest` when it installed one before starting up.
     """
+    stop = stop or StopRequest()
     manifest = manifest or preflight(config)
     info = initialize_parallel(config.parallel.tensor_model_parallel_size, config.training.seed)
     if info.rank != 0:  # one process reports; the others only warn
@@ -344,7 +318,9 @@ def train(config: RunConfig, manifest: Optional[Manifest] = None) -> TrainSummar
     try:
         if info.rank == 0 and config.checkpoint.save:
             dump_yaml(config, os.path.join(config.checkpoint.save, "config.yaml"))
-        run = TrainingRun(config, info, manifest)
+        run = TrainingRun(config, info, manifest, stop)
+        if info.rank == 0 and config.checkpoint.save:
+            remove_partial_checkpoints(config.checkpoint.save)  # before any save of this run
         run.load()
         run.write_state(run_state.RUNNING)
         run.throughput.start()
@@ -363,4 +339,6 @@ def train(config: RunConfig, manifest: Optional[Manifest] = None) -> TrainSummar
     finally:
         if run is not None:
             run.close()
+        else:  # failed while starting up: give the signals back all the same
+            stop.close()
         destroy_parallel()
