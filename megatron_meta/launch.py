@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 from typing import List, Optional
@@ -41,6 +42,18 @@ def _logs_hint(args) -> str:
             "a rank)")
 
 
+def _recorded(failure) -> bool:
+    """Whether the rank left an error file (its own message), not torchrun's placeholder."""
+    return os.path.isfile(failure.error_file)
+
+
+def _cause_first(item):
+    """Sort key: a rank that recorded its message, then not one torchrun itself stopped with
+    SIGTERM after the first failure, then the earliest, then the lowest rank."""
+    rank, failure = item
+    return (not _recorded(failure), failure.exitcode == -signal.SIGTERM, failure.timestamp, rank)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
@@ -49,12 +62,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         run(args)
     except ChildFailedError as e:
-        # A rank that recorded a message and exited by itself failed first; torchrun stopped the
-        # others with a signal (possibly right after one of them recorded the same message).
-        failures = sorted(e.failures.items(), key=lambda kv: (
-            not kv[1].error_file_data.get("message"), kv[1].exitcode <= 0, kv[0]))
+        failures = sorted(e.failures.items(), key=_cause_first)
         rank, first = failures[0]
-        message = first.message if first.error_file_data.get("message") else ""
+        for r, failure in failures:
+            # One line a failed rank, the cause first, read back by cluster/crash.py.
+            print(f"{PROG}: failed rank: {r} (local_rank: {failure.local_rank}) "
+                  f"exitcode: {failure.exitcode}", file=sys.stderr)
+        message = first.message if _recorded(first) else ""
+        if isinstance(message, dict):  # torch's own error-file layout (an uncaught exception)
+            message = str(message.get("message", ""))
         if not message:
             how = (f"signal {first.signal_name()}" if first.exitcode < 0
                    else f"exit status {first.exitcode}")

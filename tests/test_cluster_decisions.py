@@ -291,3 +291,34 @@ def test_a_run_killed_before_it_wrote_its_state_is_recorded_as_crashed(job, tmp_
     assert d.ended == "failed"
     requeue.record(other, d, 1, None)
     assert not os.path.exists(other)
+
+
+def test_the_launchers_own_ending_names_the_killed_rank(tmp_path):
+    """``python -m megatron_meta.launch`` replaces torchrun's summary with its own message; the
+    crash reader still finds which rank died and how, from a real launch."""
+    import signal
+    import subprocess
+    import sys
+
+    script = tmp_path / "die.py"
+    script.write_text(
+        "import os, signal, time\n"
+        "if os.environ['RANK'] == '1':\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "time.sleep(60)\n"
+    )
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    with open(logs / "node0.log", "w") as out:
+        proc = subprocess.run(
+            [sys.executable, "-m", "megatron_meta.launch", "--nproc-per-node", "2",
+             "--master-port", "0", str(script)],
+            stdout=out, stderr=subprocess.STDOUT, timeout=120,
+        )
+    assert proc.returncode != 0
+    text = (logs / "node0.log").read_text()
+    last = text.rstrip().splitlines()[-1]
+    assert "Traceback" not in text and last.startswith("megatron-meta launch: error:")
+    assert "rank 1 stopped (signal SIGKILL) without a message" in last, last
+    cause = crash.root_cause(str(logs), ["n1"])
+    assert cause.describe() == f"rank 1 on node n1 (node 0) killed by {signal.SIGKILL.name}"

@@ -8,6 +8,8 @@ torchrun (``torch.distributed.elastic``) ends a failed node with a summary per f
       ...
       traceback : Signal 9 (SIGKILL) received by PID 4242
 
+``python -m megatron_meta.launch`` (what ``slurm/launch.sh`` runs) prints the same facts as
+``failed rank: 1 (local_rank: 1) exitcode: -9`` lines before its own message.
 ``slurm/launch.sh`` writes node N's output to ``node{N}.log``. A rank killed by a signal
 (negative exit code) is the cause; the ranks that then failed on a closed connection are not.
 """
@@ -24,6 +26,11 @@ from typing import List, Optional
 _FAILURE = re.compile(
     r"rank\s*:\s*(?P<rank>\d+) \(local_rank: (?P<local>\d+)\)\s*\n"
     r"\s*exitcode\s*:\s*(?P<code>-?\d+)"
+)
+# The same facts as ``python -m megatron_meta.launch`` prints them (it ends with our message
+# instead of torchrun's summary): ``megatron-meta launch: failed rank: 1 (local_rank: 1) exitcode: -9``.
+_LAUNCH_FAILURE = re.compile(
+    r"failed rank: (?P<rank>\d+) \(local_rank: (?P<local>\d+)\) exitcode: (?P<code>-?\d+)"
 )
 
 
@@ -61,8 +68,9 @@ def failures(log_dir: str, node_names: List[str]) -> List[RankFailure]:
                 text = f.read()
         except OSError:
             continue
-        for m in _FAILURE.finditer(text):
-            found.append(RankFailure(int(m["rank"]), index, name, int(m["code"])))
+        for pattern in (_FAILURE, _LAUNCH_FAILURE):
+            for m in pattern.finditer(text):
+                found.append(RankFailure(int(m["rank"]), index, name, int(m["code"])))
     return found
 
 
