@@ -1,6 +1,8 @@
 """The study engine without Slurm: the paper's graph, validation, dry-run, the local executor."""
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -48,6 +50,22 @@ def test_study_errors_name_the_file_and_the_fix(tmp_path):
         load_study(str(bad))
 
 
+def paper_study_with_inputs(tmp_path) -> str:
+    """examples/study_paper.yaml in a folder beside the inputs it names (paths relative to it)."""
+    examples = tmp_path / "examples"
+    examples.mkdir()
+    for name in ("study_paper.yaml", "paper_1b.yaml"):
+        shutil.copy(os.path.join(REPO, "examples", name), examples / name)
+    write_corpus(str(tmp_path / "data"), docs_per_region=2, regions=("Africa", "America", "Asia", "Europe"),
+                 variants=("full", "none", "url_only", "url_country", "url_continent"))
+    os.rename(tmp_path / "data" / "corpus.manifest.json", tmp_path / "data" / "now.manifest.json")
+    (tmp_path / "data" / "alpaca_cleaned.json").write_text('[{"instruction": "i", "output": "o"}]')
+    (tmp_path / "data" / "qa_metacul.jsonl").write_text(json.dumps(
+        {"question": "Capital of Kenya?", "options": ["Nairobi", "Lagos", "Accra", "Cairo"],
+         "correct_answer": "Nairobi", "country": "Kenya", "continent": "africa"}) + "\n")
+    return str(examples / "study_paper.yaml")
+
+
 def test_dry_run_prints_arrays_and_afterok_edges_and_submits_nothing(tmp_path):
     out = subprocess.run(
         [
@@ -56,10 +74,10 @@ def test_dry_run_prints_arrays_and_afterok_edges_and_submits_nothing(tmp_path):
             "megatron_meta.cli",
             "study",
             "submit",
-            PAPER,
+            paper_study_with_inputs(tmp_path),
             "--dry-run",
             "--output-dir",
-            str(tmp_path),
+            str(tmp_path / "out"),
         ],
         cwd=REPO,
         capture_output=True,
@@ -68,7 +86,7 @@ def test_dry_run_prints_arrays_and_afterok_edges_and_submits_nothing(tmp_path):
     assert out.returncode == 0, out.stderr
     assert out.stdout.count("$ sbatch") > 31 and "--array=0-15" in out.stdout
     assert "--dependency=afterok:<train@0>_0" in out.stdout
-    assert not os.path.exists(tmp_path / "study" / "ledger.json")
+    assert not os.path.exists(tmp_path / "out" / "study" / "ledger.json")
 
 
 @pytest.mark.distributed

@@ -17,7 +17,7 @@ from megatron_meta.stages import banner, run_command
 from megatron_meta.study.graph import Node, dependants
 from megatron_meta.study.kinds import KINDS
 from megatron_meta.study.ledger import Ledger
-from megatron_meta.study.spec import Study
+from megatron_meta.study.runs import Study
 
 
 def local_command(node: Node, nproc: int) -> List[str]:

@@ -14,7 +14,7 @@ from typing import List
 
 from megatron_meta.cluster import run_state
 from megatron_meta.study.kinds import run_dir
-from megatron_meta.study.spec import Study
+from megatron_meta.study.runs import Study
 
 
 def _final_loss(save: str):
