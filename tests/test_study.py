@@ -111,7 +111,7 @@ stages: {{report: {{}}}}
     report = open(tmp_path / "out" / "report" / "study.md").read()
     assert "| loo-Asia | all but Asia | full | tiny | finished | 4 |" in report
     again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert "skipped: done" in again.stdout and "torch.distributed.run" not in again.stdout
+    assert "done (already)" in again.stdout and "torch.distributed.run" not in again.stdout
 
 
 def test_a_report_older_than_a_result_is_not_done(tmp_path):

@@ -60,16 +60,17 @@ def main(argv: List[str]) -> int:
         from megatron_meta.study.preflight import check_study
 
         check_study(study, nodes, _world_size(study, args))
-    if args.action == "plan":
+    if args.action in ("plan", "run"):
         print(
             f"study {study.name}: {len(study.runs)} pretraining runs, {len(nodes)} nodes; "
             f"outputs in {study.output_dir}"
         )
-        from megatron_meta.study.kinds import mcq_benchmark
-
         if any(n.kind == "mcq" for n in nodes):
+            from megatron_meta.study.kinds import mcq_benchmark
+
             path, source = mcq_benchmark(study)
             print(f"MCQ benchmark: {path} ({source})")
+    if args.action == "plan":
         for node in nodes:
             after = f"  (after {', '.join(node.deps)})" if node.deps else ""
             print(f"\n{node.name}{after}\n  $ megatron-meta {shlex.join(node.args)}")
