@@ -41,7 +41,8 @@ setup(
         "gpu": ["transformer-engine[pytorch]"],
         # Hugging Face interop, LoRA and the harness: versions tried together (FACTS section 4).
         "hf": HF,
-        "dev": ["pytest", "tiktoken"] + HF,
+        "wandb": ["wandb==0.31.0"],  # --wandb-project (Megatron-LM's flags)
+        "dev": ["pytest", "tiktoken", "wandb==0.31.0"] + HF,
     },
     entry_points={"console_scripts": ["megatron-meta=megatron_meta.cli:main"]},
 )
