@@ -51,6 +51,11 @@ def command_parser(args: Sequence[str]):
 def parse_problems(args: Sequence[str]) -> List[str]:
     """What the command's parser says about ``args`` (unknown flags, bad values); [] when fine."""
     parser, rest = command_parser(args)
+    return parser_problems(parser, rest, args[0])
+
+
+def parser_problems(parser, rest: Sequence[str], command: str) -> List[str]:
+    """What ``parser`` says about ``rest``, as messages ([] when it accepts them)."""
     err = io.StringIO()
     try:
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
@@ -62,7 +67,7 @@ def parse_problems(args: Sequence[str]) -> List[str]:
     if unknown and not flags:
         return [f"unexpected argument(s) {' '.join(unknown)}"]
     return [f"unknown flag {f.split('=')[0]} (key {f[2:].split('=')[0]!r}): "
-            f"`megatron-meta {args[0]} --help` lists the flags" for f in flags]
+            f"`megatron-meta {command} --help` lists the flags" for f in flags]
 
 
 def _values(args: Sequence[str], flag: str) -> List[str]:
