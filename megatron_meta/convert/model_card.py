@@ -27,6 +27,9 @@ def _section(config: Dict[str, Any], name: str) -> Dict[str, Any]:
 
 def _data_lines(config: Dict[str, Any]) -> List[str]:
     data = _section(config, "data")
+    if not data.get("manifest"):
+        return ["## Training data", "", "Not recorded in the checkpoint (converted from another "
+                "format, not trained with megatron-meta).", ""]
     variant = data.get("variant") or "full"
     lines = ["## Training data", "",
              f"- manifest: `{data.get('manifest')}` (megatron-meta preprocess)",
