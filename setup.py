@@ -43,7 +43,9 @@ setup(
         "gpu": ["transformer-engine[pytorch]>=2.9.0a0,<2.12.0"],
         # Hugging Face interop, LoRA and the harness: versions tried together (FACTS section 4).
         "hf": HF,
-        "dev": ["pytest", "tiktoken", "datasets"] + HF,  # datasets: tests write save_to_disk folders
+        "wandb": ["wandb==0.31.0"],  # --wandb-project (Megatron-LM's flags)
+        # datasets: tests write save_to_disk folders
+        "dev": ["pytest", "tiktoken", "datasets", "wandb==0.31.0"] + HF,
     },
     entry_points={"console_scripts": ["megatron-meta=megatron_meta.cli:main"]},
 )

@@ -1,6 +1,8 @@
 """The study engine without Slurm: the paper's graph, validation, dry-run, the local executor."""
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -9,6 +11,7 @@ import pytest
 from megatron_meta.errors import ConfigError
 from megatron_meta.study.graph import build_graph
 from megatron_meta.study.spec import load_study
+from corpus_fixtures import make_now_folder
 from training_support import REPO, write_corpus
 
 PAPER = os.path.join(REPO, "examples", "study_paper.yaml")
@@ -49,6 +52,21 @@ def test_study_errors_name_the_file_and_the_fix(tmp_path):
         load_study(str(bad))
 
 
+def paper_study_with_inputs(tmp_path) -> str:
+    """examples/study_paper.yaml in a folder beside the inputs it names (paths relative to it)."""
+    examples = tmp_path / "examples"
+    examples.mkdir()
+    for name in ("study_paper.yaml", "paper_1b.yaml"):
+        shutil.copy(os.path.join(REPO, "examples", name), examples / name)
+    make_now_folder(str(tmp_path / "data" / "now"))
+    (tmp_path / "data" / "Llama-3.2-1B").mkdir()  # stands in for a local copy of its tokenizer
+    (tmp_path / "data" / "alpaca_cleaned.json").write_text('[{"instruction": "i", "output": "o"}]')
+    (tmp_path / "data" / "qa_metacul.jsonl").write_text(json.dumps(
+        {"question": "Capital of Kenya?", "options": ["Nairobi", "Lagos", "Accra", "Cairo"],
+         "correct_answer": "Nairobi", "country": "Kenya", "continent": "africa"}) + "\n")
+    return str(examples / "study_paper.yaml")
+
+
 def test_dry_run_prints_arrays_and_afterok_edges_and_submits_nothing(tmp_path):
     out = subprocess.run(
         [
@@ -57,10 +75,10 @@ def test_dry_run_prints_arrays_and_afterok_edges_and_submits_nothing(tmp_path):
             "megatron_meta.cli",
             "study",
             "submit",
-            PAPER,
+            paper_study_with_inputs(tmp_path),
             "--dry-run",
             "--output-dir",
-            str(tmp_path),
+            str(tmp_path / "out"),
         ],
         cwd=REPO,
         capture_output=True,
@@ -69,8 +87,7 @@ def test_dry_run_prints_arrays_and_afterok_edges_and_submits_nothing(tmp_path):
     assert out.returncode == 0, out.stderr
     assert out.stdout.count("$ sbatch") > 31 and "--array=0-15" in out.stdout
     assert "--dependency=afterok:<train@0>_0" in out.stdout
-    assert not os.path.exists(tmp_path / "study" / "ledger.json")
-    assert os.listdir(tmp_path) == []  # a dry run writes nothing at all
+    assert not os.path.exists(tmp_path / "out")  # a dry run writes nothing at all
 
 
 @pytest.mark.distributed
@@ -95,7 +112,7 @@ stages: {{report: {{}}}}
     report = open(tmp_path / "out" / "report" / "study.md").read()
     assert "| loo-Asia | all but Asia | full | tiny | finished | 4 |" in report
     again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert "skipped: done" in again.stdout and "torch.distributed.run" not in again.stdout
+    assert "done (already)" in again.stdout and "torch.distributed.run" not in again.stdout
 
 
 def test_a_report_older_than_a_result_is_not_done(tmp_path):

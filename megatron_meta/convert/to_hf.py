@@ -27,6 +27,7 @@ from megatron_meta.checkpoints import checkpoint_info
 from megatron_meta.checkpoints.tensors import read_model_tensors
 from megatron_meta.convert import hf_llama
 from megatron_meta.convert.hf_tokenizer import export_tokenizer
+from megatron_meta.convert.model_card import write_model_card
 from megatron_meta.errors import CheckpointError, ConfigError
 from megatron_meta.outputs import check_output, disk_full_guard, install_folder
 
@@ -153,6 +154,7 @@ def export_to_hf(
             config = hf_llama.hf_config(preset, vocab, torch_dtype, special.bos_id, special.eos_id)
             config.save_pretrained(tmp)
             _write_generation_config(tmp, config)
+            write_model_card(tmp, info, load)
             os.chmod(tmp, 0o755)
             install_folder(tmp, output, _written_here)
     finally:

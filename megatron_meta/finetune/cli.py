@@ -70,33 +70,50 @@ def _train(argv: List[str]) -> int:
     return 0
 
 
-def _merge(argv: List[str]) -> int:
-    from megatron_meta.finetune.merge import merge_adapter
-
+def _merge_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="megatron-meta finetune merge",
                                 description="merge a LoRA adapter into its base model")
     p.add_argument("--adapter", required=True, help="--output of finetune (or its adapter/)")
     p.add_argument("--output", required=True, help="folder of the standalone merged model")
     p.add_argument("--overwrite", action="store_true",
                    help="write into a non-empty --output, replacing only the files written here")
-    args = p.parse_args(argv)
+    return p
+
+
+def _merge(argv: List[str]) -> int:
+    from megatron_meta.finetune.merge import merge_adapter
+
+    args = _merge_parser().parse_args(argv)
     print(f"wrote {merge_adapter(args.adapter, args.output, overwrite=args.overwrite)}")
     return 0
 
 
-def _make_data(argv: List[str]) -> int:
-    from megatron_meta.finetune.instructions import build_news_instructions
-
+def _make_data_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="megatron-meta finetune make-data",
                                 description="an offline instruction set from the news corpus")
     p.add_argument("--output", required=True, help="JSONL to write")
     p.add_argument("--max-articles", type=int, default=1000, help="articles used (2 records each)")
     p.add_argument("--seed", type=int, default=42)
-    args = p.parse_args(argv)
+    return p
+
+
+def _make_data(argv: List[str]) -> int:
+    from megatron_meta.finetune.instructions import build_news_instructions
+
+    args = _make_data_parser().parse_args(argv)
     check_output(args.output, "--output", kind="file")
     n = build_news_instructions(args.output, args.max_articles, args.seed)
     print(f"wrote {n} instruction records to {args.output}")
     return 0
+
+
+def parser_for(argv: List[str]):
+    """(the parser of this ``finetune`` command line, its arguments): for study preflight."""
+    if argv and argv[0] == "merge":
+        return _merge_parser(), argv[1:]
+    if argv and argv[0] == "make-data":
+        return _make_data_parser(), argv[1:]
+    return _train_parser(), argv
 
 
 def main(argv: List[str]) -> int:

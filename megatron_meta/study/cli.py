@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
-from typing import List
+from typing import List, Optional
 
 from megatron_meta.errors import MegatronMetaError
 from megatron_meta.study.graph import build_graph
@@ -65,11 +65,21 @@ def main(argv: List[str]) -> int:
     args = build_parser().parse_args(argv)
     study = load_study(args.study, args.output_dir)
     nodes = build_graph(study)
-    if args.action == "plan":
+    if args.action in ("plan", "run", "submit"):
+        from megatron_meta.study.preflight import check_study
+
+        check_study(study, nodes, _world_size(study, args))
+    if args.action in ("plan", "run"):
         print(
             f"study {study.name}: {len(study.runs)} pretraining runs, {len(nodes)} nodes; "
             f"outputs in {study.output_dir}; protocol {study.protocol}"
         )
+        if any(n.kind == "mcq" for n in nodes):
+            from megatron_meta.study.kinds import mcq_benchmark
+
+            path, source = mcq_benchmark(study)
+            print(f"MCQ benchmark: {path} ({source})")
+    if args.action == "plan":
         for node in nodes:
             after = f"  (after {', '.join(node.deps)})" if node.deps else ""
             print(f"\n{node.name}{after}\n  $ megatron-meta {shlex.join(node.args)}")
@@ -106,6 +116,16 @@ def main(argv: List[str]) -> int:
     if failed:
         raise MegatronMetaError(f"{failed} node(s) failed or could not run; see `study status`")
     return 0
+
+
+def _world_size(study, args) -> Optional[int]:
+    """Training processes the study will get (None: not known before submission)."""
+    if args.action == "run" and args.executor == "local":
+        return args.nproc
+    slurm = study.slurm
+    if slurm.get("gpus_per_node"):
+        return int(slurm.get("nodes") or 1) * int(slurm["gpus_per_node"])
+    return None
 
 
 def status(study, nodes) -> int:

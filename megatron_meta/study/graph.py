@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 from megatron_meta.study.kinds import KINDS, _selected
-from megatron_meta.study.spec import Run, Study
+from megatron_meta.study.runs import Run, Study
 
 
 @dataclass

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from megatron_meta.cluster import run_state
-from megatron_meta.study.spec import Run, Study
+from megatron_meta.study.runs import Run, Study
 
 Flags = Dict[str, Any]
 
@@ -156,6 +156,33 @@ def _perplexity(study: Study, run: Optional[Run], flags: Flags) -> Tuple[List[st
     return args, out
 
 
+BENCHMARK_ENV = "MEGATRON_META_BENCHMARK"
+"""Environment variable naming the paper's benchmark file (overridden by ``stages.mcq.benchmark``)."""
+
+
+def news_mcq_path(study: Study) -> str:
+    return study.path_in("data", "mcq_news.jsonl")
+
+
+def _news_mcq(study: Study, run: Optional[Run], flags: Flags) -> Tuple[List[str], str]:
+    out = news_mcq_path(study)
+    return ["evaluate", "make-mcq", "--data-manifest", manifest_path(study), *flag_args(flags),
+            "--output", out], out
+
+
+def mcq_benchmark(study: Study) -> Tuple[Optional[str], str]:
+    """(benchmark file, where it comes from): the study key, then $MEGATRON_META_BENCHMARK,
+    then the set the study builds from its held-out news (``data.benchmark``)."""
+    given = study.stages.get("mcq", {}).get("benchmark")
+    if given:
+        return str(given), "stages.mcq.benchmark"
+    if os.environ.get(BENCHMARK_ENV):
+        return os.path.abspath(os.environ[BENCHMARK_ENV]), f"${BENCHMARK_ENV}"
+    if "benchmark" in study.data:
+        return news_mcq_path(study), "built from the held-out news (data.benchmark)"
+    return None, "none given"
+
+
 def _mcq(study: Study, run: Optional[Run], flags: Flags) -> Tuple[List[str], str]:
     out = study.path_in("eval", "mcq", f"{run.name}.json")
     tuned = "merge" in study.stages and _selected(study, "merge", run)
@@ -165,8 +192,7 @@ def _mcq(study: Study, run: Optional[Run], flags: Flags) -> Tuple[List[str], str
         setting = "without" if (run.variant or run.train.get("variant")) == "none" else "with"
         flags = {"scoring": "generate", "metadata": setting, **with_protocol(study, flags)}
     flags = {"scoring": "loglik", "metadata": "with,without", **flags}
-    if flags.get("benchmark"):  # jobs may start elsewhere: name the file fully
-        flags["benchmark"] = os.path.abspath(str(flags["benchmark"]))
+    flags["benchmark"] = mcq_benchmark(study)[0]  # None: preflight says what to do
     args = ["evaluate", "mcq", "--model", model, *flag_args(flags), "--label", run.name,
             "--output", out]
     return args, out
@@ -176,9 +202,7 @@ def _mcq_baseline(study: Study, run: Optional[Run], flags: Flags) -> Tuple[List[
     """The paper's baseline instruct model in both settings (``stages: mcq-baseline: {model}``)."""
     out = study.path_in("eval", "mcq", "baseline.json")
     flags = {"scoring": "generate", "metadata": "with,without", **with_protocol(study, flags)}
-    for key in ("benchmark",):
-        if flags.get(key):
-            flags[key] = os.path.abspath(str(flags[key]))
+    flags["benchmark"] = flags.get("benchmark") or mcq_benchmark(study)[0]  # as the mcq stage's
     label = str(flags.pop("label", "baseline"))
     return ["evaluate", "mcq", *flag_args(flags), "--label", label, "--output", out], out
 
@@ -228,14 +252,15 @@ KINDS: Dict[str, Kind] = {
     "tokenizer": Kind("data", "python", (), _tokenizer),
     "preprocess": Kind("data", "python", ("tokenizer",), _preprocess),
     "instructions": Kind("data", "python", (), _instructions),
+    "benchmark": Kind("data", "python", ("preprocess",), _news_mcq),
     "train": Kind("run", "torchrun", ("preprocess",), _train, _train_done),
     "convert": Kind("run", "python", ("train",), _convert),
     "finetune": Kind("run", "python", ("convert", "instructions"), _finetune),
     "merge": Kind("run", "python", ("finetune",), _merge),
     "perplexity": Kind("run", "python", ("train",), _perplexity),
     "counterfactual": Kind("run", "python", ("convert",), _counterfactual),
-    "mcq": Kind("run", "python", ("merge", "convert"), _mcq),
-    "mcq-baseline": Kind("study", "python", (), _mcq_baseline),
+    "mcq": Kind("run", "python", ("merge", "convert", "benchmark"), _mcq),
+    "mcq-baseline": Kind("study", "python", ("benchmark",), _mcq_baseline),
     "report": Kind(
         "study", "python", ("train", "perplexity", "counterfactual", "mcq", "mcq-baseline"),
         _report, _report_done,

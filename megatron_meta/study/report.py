@@ -14,7 +14,7 @@ from typing import List
 
 from megatron_meta.cluster import run_state
 from megatron_meta.study.kinds import run_dir
-from megatron_meta.study.spec import Study
+from megatron_meta.study.runs import Study
 
 
 def _final_loss(save: str):
@@ -127,14 +127,18 @@ def mcq_section(study: Study) -> List[str]:
     from megatron_meta.evaluation.mcq.score import read_records
     from megatron_meta.evaluation.mcq.report import write_mcq_report
 
-    records = [r for p in sorted(glob.glob(study.path_in("eval", "mcq", "*.json")))
-               for r in read_records(p)]
+    paths = sorted(glob.glob(study.path_in("eval", "mcq", "*.json")))
+    records = [r for p in paths for r in read_records(p)]
     if not records:
         return []
+    benchmarks = set()
+    for p in paths:  # which file was scored: the study's own news set or the paper's
+        with open(p, encoding="utf-8") as f:
+            benchmarks.add(str(json.load(f).get("config", {}).get("benchmark")))
     prefix = study.path_in("report", "mcq")
     text = write_mcq_report(records, prefix, f"Study {study.name}: MCQ accuracy")
-    return ["", "## MCQ benchmark accuracy (%, 95% bootstrap intervals)", "", text, "",
-            f"Chart: {prefix}.png"]
+    return ["", "## MCQ benchmark accuracy (%, 95% bootstrap intervals)", "",
+            f"Benchmark: {', '.join(sorted(benchmarks))}", "", text, "", f"Chart: {prefix}.png"]
 
 
 def study_report(study: Study) -> str:

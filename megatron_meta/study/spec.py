@@ -1,7 +1,7 @@
 """The study file: data, runs (one or a grid), the stages after them, shared defaults.
 
     name: demo
-    output_dir: runs/study-demo        # relative to the working directory
+    output_dir: ../runs/study-demo     # paths are relative to this file (--output-dir: to the cwd)
     regions: [America, Asia, Europe]   # the data's regions (local and leave-one-out runs)
     data:
       manifest: data/now.manifest.json # or: tokenizer: {flags}, preprocess: {flags}
@@ -32,64 +32,18 @@ from __future__ import annotations
 
 import itertools
 import os
-from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 import yaml
 
 from megatron_meta.errors import ConfigError
 from megatron_meta.outputs import safe_name
+from megatron_meta.study.kinds import KINDS
+from megatron_meta.study.runs import RUN_FIELDS, Run, Study
 
-RUN_FIELDS = ("region", "exclude", "variant", "model")
+__all__ = ["Run", "Study", "load_study"]
+
 TOP_KEYS = ("name", "output_dir", "regions", "data", "defaults", "runs", "stages", "protocol")
-
-
-@dataclass
-class Run:
-    """One model to pretrain, grid already expanded."""
-
-    name: str
-    """Unique name: its folder under ``runs/`` and its label in every result."""
-    entry: int
-    """Index of the ``runs:`` entry it came from (runs of one entry share a Slurm array)."""
-    region: Optional[str] = None
-    """Train on this region alone (None: every region not excluded)."""
-    exclude: Optional[str] = None
-    """Region left out (leave-one-region-out)."""
-    variant: Optional[str] = None
-    """Metadata variant (``--variant``)."""
-    model: Optional[str] = None
-    """Model preset (``--model``)."""
-    train: Dict[str, Any] = field(default_factory=dict)
-    """``megatron-meta train`` flags: defaults.train, then the entry's ``train:``."""
-
-
-@dataclass
-class Study:
-    """A parsed study file."""
-
-    path: str
-    """The YAML file (absolute)."""
-    name: str
-    """Study name (Slurm job names start with it)."""
-    output_dir: str
-    """Absolute folder of every output, the ledger and the logs."""
-    regions: List[str]
-    """The data's regions."""
-    data: Dict[str, Any]
-    """``manifest`` or ``tokenizer`` / ``preprocess`` flags."""
-    runs: List[Run]
-    """Expanded runs, in file order."""
-    stages: Dict[str, Dict[str, Any]]
-    """Stage kind -> its flags (and ``only``), in file order."""
-    slurm: Dict[str, Any]
-    """Slurm settings (partition, account, qos, time, nodes, gpus_per_node, cpus_per_task,
-    env, container_image, container_mounts, max_restarts, throttle, extra)."""
-    protocol: str = "ours"
-    """``protocol: paper``: every stage gets ``--protocol paper`` (the authors' behaviour)."""
-
-    def path_in(self, *parts: str) -> str:
-        return os.path.join(self.output_dir, *parts)
 
 
 def _mapping(value: Any, where: str) -> Dict[str, Any]:
@@ -135,6 +89,27 @@ def _expand(entry: Dict[str, Any], index: int, where: str) -> List[Run]:
     return runs
 
 
+# Flags whose values are paths: in a study file they are relative to the study file.
+PATH_KEYS = frozenset({"manifest", "config", "input", "tokenizer-model", "benchmark", "data",
+                       "continent-map", "load", "pretrained-checkpoint", "hf"})
+CORPUS_NAMES = frozenset({"news-articles"})  # --input words that name no file
+
+
+def _resolve(flags: Dict[str, Any], base: str) -> Dict[str, Any]:
+    """``flags`` with relative path values joined to ``base`` (the study file's folder)."""
+
+    def one(key: str, value: Any) -> Any:
+        if isinstance(value, list):
+            return [one(key, v) for v in value]
+        if not isinstance(value, str) or not value or os.path.isabs(value):
+            return value
+        if key == "input" and value in CORPUS_NAMES:
+            return value
+        return os.path.normpath(os.path.join(base, os.path.expanduser(value)))
+
+    return {k: one(k, v) if k in PATH_KEYS else v for k, v in flags.items()}
+
+
 def load_study(path: str, output_dir: Optional[str] = None) -> Study:
     """Read and validate a study file; ``output_dir`` overrides the file's."""
     if not os.path.isfile(path):
@@ -151,9 +126,13 @@ def load_study(path: str, output_dir: Optional[str] = None) -> Study:
         raise ConfigError(
             f"{path}: unknown key(s) {', '.join(sorted(unknown))}; keys are {', '.join(TOP_KEYS)}"
         )
+    here = os.path.dirname(os.path.abspath(path))
     defaults = _mapping(raw.get("defaults"), f"{path}: defaults")
-    base_train = _mapping(defaults.get("train"), f"{path}: defaults.train")
-    data = _mapping(raw.get("data"), f"{path}: data")
+    base_train = _resolve(_mapping(defaults.get("train"), f"{path}: defaults.train"), here)
+    data = _resolve(_mapping(raw.get("data"), f"{path}: data"), here)
+    for key, value in data.items():
+        if isinstance(value, dict):
+            data[key] = _resolve(value, here)
     if not data.get("manifest") and "preprocess" not in data:
         raise ConfigError(f"{path}: data needs a manifest (path) or preprocess (flags)")
     if not isinstance(raw.get("runs"), list) or not raw["runs"]:
@@ -161,7 +140,7 @@ def load_study(path: str, output_dir: Optional[str] = None) -> Study:
     runs: List[Run] = []
     for i, entry in enumerate(raw["runs"]):
         for run in _expand(_mapping(entry, f"{path}: runs[{i}]"), i, f"{path}: runs[{i}]"):
-            run.train = {**base_train, **run.train}
+            run.train = {**base_train, **_resolve(run.train, here)}
             runs.append(run)
     names = [r.name for r in runs]
     dupes = sorted({n for n in names if names.count(n) > 1})
@@ -176,11 +155,9 @@ def load_study(path: str, output_dir: Optional[str] = None) -> Study:
                     f"{path}: run {run.name}: {key} {value!r} is not in regions ({', '.join(regions)})"
                 )
     stages = {
-        k: _mapping(v, f"{path}: stages.{k}")
+        k: _resolve(_mapping(v, f"{path}: stages.{k}"), here)
         for k, v in _mapping(raw.get("stages"), f"{path}: stages").items()
     }
-    from megatron_meta.study.kinds import KINDS  # the registry names the valid stages
-
     bad = [k for k in stages if k not in KINDS or KINDS[k].scope == "data"]
     if bad:
         valid = [k for k, v in KINDS.items() if v.scope != "data"]
@@ -190,9 +167,12 @@ def load_study(path: str, output_dir: Optional[str] = None) -> Study:
     protocol = str(raw.get("protocol") or "ours")
     if protocol not in ("ours", "paper"):
         raise ConfigError(f"{path}: protocol {protocol!r}: choose ours or paper")
-    base = os.path.abspath(
-        output_dir or raw.get("output_dir") or os.path.join("runs", raw.get("name", "study"))
-    )
+    if output_dir:  # a command-line flag: relative to the working directory
+        base = os.path.abspath(output_dir)
+    else:
+        base = os.path.normpath(os.path.join(
+            here, raw.get("output_dir") or os.path.join("runs", str(raw.get("name", "study"))),
+        ))
     return Study(
         path=os.path.abspath(path),
         name=safe_name(

@@ -247,6 +247,15 @@ class LoggingConfig:
         "--peak-tflops",
         help="peak dense TFLOP/s of one device for MFU (default: from the GPU table; none on CPU)",
     )
+    wandb_project: Optional[str] = _opt(
+        None, "--wandb-project", help="Weights & Biases project: logs the training metrics there"
+    )
+    wandb_exp_name: Optional[str] = _opt(
+        None, "--wandb-exp-name", help="W&B run name (default: the --save folder's name)"
+    )
+    wandb_save_dir: Optional[str] = _opt(
+        None, "--wandb-save-dir", help="W&B's local files (default: SAVE/wandb); WANDB_MODE=offline keeps them there"
+    )
 
 
 SECTIONS: Dict[str, type] = {

@@ -1,4 +1,4 @@
-"""Training figures: one log line per interval, ``metrics.jsonl``, TensorBoard.
+"""Training figures: one log line per interval, ``metrics.jsonl``, TensorBoard, W&B.
 
 Throughput is measured on wall time between the end of one iteration and the end of the next,
 so it includes data loading, forward/backward, gradient reduction and the optimizer step. The
@@ -114,10 +114,12 @@ def format_line(record: Dict, train_iters: int) -> str:
 
 
 class MetricsWriter:
-    """Rank 0 writes log lines, ``{save}/metrics.jsonl`` and TensorBoard scalars."""
+    """Rank 0 writes log lines, ``{save}/metrics.jsonl``, TensorBoard and W&B scalars."""
 
-    def __init__(self, save_dir: Optional[str], tensorboard_dir: Optional[str], enabled: bool):
+    def __init__(self, save_dir: Optional[str], tensorboard_dir: Optional[str], enabled: bool,
+                 wandb=None):
         self.enabled = enabled
+        self.wandb = wandb  # a WandbWriter (training/wandb_log.py) or None
         self.path = os.path.join(save_dir, METRICS_FILE) if save_dir and enabled else None
         self.tensorboard = None
         if enabled and tensorboard_dir:
@@ -161,7 +163,11 @@ class MetricsWriter:
             for region, loss in (record.get("val_loss") or {}).items():
                 self.tensorboard.add_scalar(f"val_loss/{region}", loss, step)
             self.tensorboard.flush()
+        if self.wandb is not None:
+            self.wandb.log(record)
 
     def close(self) -> None:
         if self.tensorboard is not None:
             self.tensorboard.close()
+        if self.wandb is not None:
+            self.wandb.close()

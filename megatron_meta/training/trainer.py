@@ -34,6 +34,7 @@ from megatron_meta.training import nonfinite
 from megatron_meta.training.config import RunConfig, dump_yaml
 from megatron_meta.training.data import TrainBatches, build_phases
 from megatron_meta.training.metrics import LossWindow, MetricsWriter, Throughput
+from megatron_meta.training.wandb_log import wandb_writer
 from megatron_meta.training.optimizer import build_optimizer, learning_rate, set_learning_rate
 from megatron_meta.training.preflight import preflight
 from megatron_meta.training.starting_point import starting_point
@@ -106,7 +107,8 @@ class TrainingRun:
         tb_dir = config.logging.tensorboard_dir or (
             os.path.join(save, "tensorboard") if save else None
         )
-        self.metrics = MetricsWriter(save, tb_dir, enabled=info.rank == 0)
+        wandb = wandb_writer(config.logging, save, config.to_dict()) if info.rank == 0 else None
+        self.metrics = MetricsWriter(save, tb_dir, enabled=info.rank == 0, wandb=wandb)
         peak_override = config.logging.peak_tflops
         self.throughput = Throughput(
             tokens_per_iteration=t.global_batch_size * m.seq_length,

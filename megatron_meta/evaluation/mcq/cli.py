@@ -54,6 +54,13 @@ def add_mcq_parsers(sub) -> None:
     m.add_argument("--output", required=True, metavar="RESULTS.json",
                    help="per-question records; RESULTS.md and RESULTS.png are written beside it")
 
+    b = sub.add_parser("make-mcq", help="a localized MCQ set (benchmark format) from held-out news")
+    b.add_argument("--data-manifest", required=True, metavar="MANIFEST",
+                   help="preprocess's manifest: its held-out test documents become questions")
+    b.add_argument("--output", required=True, metavar="FILE", help="benchmark JSONL to write")
+    b.add_argument("--max-questions", type=int, help="a seeded sample of N (default: every headline)")
+    b.add_argument("--seed", type=int, default=42, help="distractors, option order, sample")
+
 
 def _mcq(args: argparse.Namespace) -> int:
     from megatron_meta.evaluation.mcq.score import McqConfig, score_model, write_records
@@ -108,6 +115,17 @@ def select_questions(questions, limit=None, sample=None, seed=42):
     return questions
 
 
+def _make_mcq(args: argparse.Namespace) -> int:
+    from megatron_meta.evaluation.mcq.news import write_news_mcq
+
+    if args.max_questions is not None and args.max_questions < 1:
+        raise ConfigError(f"--max-questions {args.max_questions}: must be at least 1")
+    n = write_news_mcq(args.data_manifest, args.output, args.max_questions, args.seed)
+    print(f"wrote {n} questions to {args.output}")
+    return 0
+
+
 MCQ_COMMANDS: Dict[str, Callable[[argparse.Namespace], int]] = {
     "mcq": _mcq,
+    "make-mcq": _make_mcq,
 }
