@@ -10,7 +10,7 @@ from training_support import REPO, run_cli, tiny_args, write_corpus
 
 
 def test_to_hf_writes_a_model_card_with_data_prompt_recipe_and_study_figures(tmp_path):
-    from megatron_meta.evaluation.mcq import RESULTS_FORMAT
+    from megatron_meta.evaluation.mcq.score import RESULTS_FORMAT
 
     manifest = write_corpus(str(tmp_path / "corpus"), docs_per_region=8)
     study = tmp_path / "study"

@@ -146,7 +146,7 @@ def test_the_mcq_benchmark_is_the_built_set_unless_a_file_is_given(tmp_path, mon
 
 
 def test_make_mcq_builds_a_seeded_four_option_set_in_the_benchmark_format(tmp_path):
-    from megatron_meta.evaluation.mcq_data import read_benchmark
+    from megatron_meta.evaluation.mcq.data import read_benchmark
 
     manifest = write_corpus(str(tmp_path / "corpus"), docs_per_region=4)
     add_holdout(manifest)

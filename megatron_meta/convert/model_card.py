@@ -85,14 +85,18 @@ def _study_lines(load: str) -> List[str]:
     lines: List[str] = []
     path = os.path.join(root, "eval", "perplexity", f"{run}.json")
     if os.path.isfile(path):
-        from megatron_meta.evaluation.perplexity import read_results
-
+        # Read as plain JSON (the results file of `evaluate perplexity`): convert sits below
+        # evaluation in the pipeline and imports nothing from it.
+        with open(path, encoding="utf-8") as f:
+            raw = json.load(f)
+        rows = raw.get("results", []) if isinstance(raw, dict) else raw
         lines += ["### Perplexity on held-out documents (95% bootstrap interval)", "",
                   "| region | test variant | perplexity | ratio to no metadata |", "|---|---|---:|---:|"]
-        for r in read_results(path):
-            ratio = "" if r.ratio_to_none is None else (
-                f"{r.ratio_to_none:.3f} [{r.ratio_ci_low:.3f}, {r.ratio_ci_high:.3f}]")
-            lines.append(f"| {r.region} | {r.variant} | {r.ppl:.2f} [{r.ci_low:.2f}, {r.ci_high:.2f}] | {ratio} |")
+        for r in rows:
+            ratio = "" if r.get("ratio_to_none") is None else (
+                f"{r['ratio_to_none']:.3f} [{r['ratio_ci_low']:.3f}, {r['ratio_ci_high']:.3f}]")
+            lines.append(f"| {r['region']} | {r['variant']} | {r['ppl']:.2f} "
+                         f"[{r['ci_low']:.2f}, {r['ci_high']:.2f}] | {ratio} |")
         lines.append("")
     path = os.path.join(root, "eval", "mcq", f"{run}.json")
     if os.path.isfile(path):

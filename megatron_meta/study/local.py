@@ -48,13 +48,13 @@ def key_figure(node: Node) -> str:
             loss = next((r["loss"] for r in reversed(rows) if "loss" in r), None)
             return f"loss {loss:.3f}" if loss is not None else ""
         if node.kind == "perplexity":
-            from megatron_meta.evaluation.perplexity import read_results
+            from megatron_meta.evaluation.perplexity.evaluate import read_results
 
             ratios = [r.ratio_to_none for r in read_results(node.output)
                       if r.ratio_to_none is not None and r.variant != "none"]
             return f"ppl ratio with/without metadata {min(ratios):.3f}-{max(ratios):.3f}" if ratios else ""
         if node.kind == "mcq":
-            from megatron_meta.evaluation.mcq import read_records
+            from megatron_meta.evaluation.mcq.score import read_records
 
             by: dict = {}
             for r in read_records(node.output):

@@ -149,7 +149,7 @@ def mcq_problems(study: Study) -> List[str]:
                 "held-out news"]
     if source.startswith("built") or not os.path.isfile(path):
         return []  # built by the study / reported missing by the input check
-    from megatron_meta.evaluation.mcq_data import read_benchmark
+    from megatron_meta.evaluation.mcq.data import read_benchmark
 
     try:
         read_benchmark(path)
