@@ -11,7 +11,7 @@ import pytest
 from megatron_meta.errors import ConfigError
 from megatron_meta.study.graph import build_graph
 from megatron_meta.study.spec import load_study
-from corpus_fixtures import make_now_folder
+from study_support import paper_study_with_inputs
 from training_support import REPO, write_corpus
 
 PAPER = os.path.join(REPO, "examples", "study_paper.yaml")
@@ -50,21 +50,6 @@ def test_study_errors_name_the_file_and_the_fix(tmp_path):
     bad.write_text("data: {manifest: m.json}\nruns: [{name: a}]\nstages: {evaluate-all: {}}\n")
     with pytest.raises(ConfigError, match="unknown stage"):
         load_study(str(bad))
-
-
-def paper_study_with_inputs(tmp_path) -> str:
-    """examples/study_paper.yaml in a folder beside the inputs it names (paths relative to it)."""
-    examples = tmp_path / "examples"
-    examples.mkdir()
-    for name in ("study_paper.yaml", "paper_1b.yaml"):
-        shutil.copy(os.path.join(REPO, "examples", name), examples / name)
-    make_now_folder(str(tmp_path / "data" / "now"))
-    (tmp_path / "data" / "Llama-3.2-1B").mkdir()  # stands in for a local copy of its tokenizer
-    (tmp_path / "data" / "alpaca_cleaned.json").write_text('[{"instruction": "i", "output": "o"}]')
-    (tmp_path / "data" / "qa_metacul.jsonl").write_text(json.dumps(
-        {"question": "Capital of Kenya?", "options": ["Nairobi", "Lagos", "Accra", "Cairo"],
-         "correct_answer": "Nairobi", "country": "Kenya", "continent": "africa"}) + "\n")
-    return str(examples / "study_paper.yaml")
 
 
 def test_dry_run_prints_arrays_and_afterok_edges_and_submits_nothing(tmp_path):

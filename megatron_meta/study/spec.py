@@ -92,10 +92,13 @@ def _expand(entry: Dict[str, Any], index: int, where: str) -> List[Run]:
 # Flags whose values are paths: in a study file they are relative to the study file.
 PATH_KEYS = frozenset({"manifest", "config", "input", "tokenizer-model", "benchmark", "data",
                        "continent-map", "load", "pretrained-checkpoint", "hf"})
+# Stage flags add the models they read (`mcq-baseline: {model: ...}`); a run's train flags may
+# not (`model: tiny` there names a preset).
+STAGE_PATH_KEYS = PATH_KEYS | {"model", "adapter"}
 CORPUS_NAMES = frozenset({"news-articles"})  # --input words that name no file
 
 
-def _resolve(flags: Dict[str, Any], base: str) -> Dict[str, Any]:
+def _resolve(flags: Dict[str, Any], base: str, keys: frozenset = PATH_KEYS) -> Dict[str, Any]:
     """``flags`` with relative path values joined to ``base`` (the study file's folder)."""
 
     def one(key: str, value: Any) -> Any:
@@ -107,7 +110,7 @@ def _resolve(flags: Dict[str, Any], base: str) -> Dict[str, Any]:
             return value
         return os.path.normpath(os.path.join(base, os.path.expanduser(value)))
 
-    return {k: one(k, v) if k in PATH_KEYS else v for k, v in flags.items()}
+    return {k: one(k, v) if k in keys else v for k, v in flags.items()}
 
 
 def load_study(path: str, output_dir: Optional[str] = None) -> Study:
@@ -155,7 +158,7 @@ def load_study(path: str, output_dir: Optional[str] = None) -> Study:
                     f"{path}: run {run.name}: {key} {value!r} is not in regions ({', '.join(regions)})"
                 )
     stages = {
-        k: _resolve(_mapping(v, f"{path}: stages.{k}"), here)
+        k: _resolve(_mapping(v, f"{path}: stages.{k}"), here, STAGE_PATH_KEYS)
         for k, v in _mapping(raw.get("stages"), f"{path}: stages").items()
     }
     bad = [k for k in stages if k not in KINDS or KINDS[k].scope == "data"]
