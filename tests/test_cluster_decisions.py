@@ -244,9 +244,14 @@ runs: [{{name: a}}]
         cwd=REPO, capture_output=True, text=True,
     )
     assert out.returncode == 2, out.stderr
-    assert "train/a: slurm time: --time 2 min is too short" in out.stderr
+    # reported by the study's preflight beside its other problems (here the missing manifest)
+    assert "slurm.time (train/a): slurm time: --time 2 min is too short" in out.stderr, out.stderr
+    assert "m.json: not found" in out.stderr and "2 problem(s), nothing was run" in out.stderr
     assert "Traceback" not in out.stderr and not os.path.exists(tmp_path / "out")
-    spec.write_text(spec.read_text().replace('"0:02:00"', '"0:10:00"'))
+    from training_support import write_corpus
+
+    manifest = write_corpus(str(tmp_path / "corpus"))
+    spec.write_text(spec.read_text().replace('"0:02:00"', '"0:10:00"').replace("m.json", manifest))
     out = subprocess.run(
         [sys.executable, "-m", "megatron_meta.cli", "study", "submit", str(spec), "--dry-run"],
         cwd=REPO, capture_output=True, text=True,

@@ -68,7 +68,8 @@ def main(argv: List[str]) -> int:
     if args.action in ("plan", "run", "submit"):
         from megatron_meta.study.preflight import check_study
 
-        check_study(study, nodes, _world_size(study, args))
+        to_slurm = args.action == "submit" or getattr(args, "executor", "local") == "slurm"
+        check_study(study, nodes, _world_size(study, args), slurm=to_slurm)
     if args.action in ("plan", "run"):
         print(
             f"study {study.name}: {len(study.runs)} pretraining runs, {len(nodes)} nodes; "

@@ -168,8 +168,26 @@ def where(study: Study, node: Node) -> str:
     return f"stages.{node.kind}"
 
 
-def check_study(study: Study, nodes: List[Node], world_size: Optional[int] = None) -> None:
-    """Raise one ConfigError listing every problem of the study (nothing has run)."""
+def slurm_problems(study: Study, node: Node) -> List[str]:
+    """What cannot work on Slurm: a training job's ``time`` too short (``study.slurm``'s check,
+    the one ``submit`` makes again before sending anything)."""
+    if KINDS[node.kind].launcher != "torchrun":
+        return []
+    from megatron_meta.cluster import time_limit
+    from megatron_meta.study.slurm import time_minutes
+
+    try:
+        time_limit.check_limit(time_minutes(study, node))
+    except ConfigError as e:
+        return [f"slurm time: {e}"]
+    return []
+
+
+def check_study(
+    study: Study, nodes: List[Node], world_size: Optional[int] = None, slurm: bool = False
+) -> None:
+    """Raise one ConfigError listing every problem of the study (nothing has run); ``slurm``:
+    the study goes to Slurm, so its Slurm settings are checked too."""
     outputs = [os.path.abspath(n.output) for n in nodes]
     found: Dict[str, Tuple[List[str], List[str]]] = {}  # problem -> (places, nodes)
 
@@ -188,6 +206,8 @@ def check_study(study: Study, nodes: List[Node], world_size: Optional[int] = Non
         for problem in problems:
             manifest = problem.startswith("--data-manifest") and "manifest" in study.data
             add(problem, "data.manifest" if manifest else where(study, node), node.name)
+        for problem in slurm_problems(study, node) if slurm else []:
+            add(problem, "slurm.time", node.name)
     if any(n.kind == "mcq" for n in nodes):
         for problem in mcq_problems(study):
             add(problem, "stages.mcq", "mcq")

@@ -57,7 +57,7 @@ def log_stem(study: Study, node: Node, array: bool) -> str:
     return os.path.join(study.output_dir, "logs", "slurm", name.replace("/", "_").replace("@", "-"))
 
 
-def _time_minutes(study: Study, node: Node) -> Optional[float]:
+def time_minutes(study: Study, node: Node) -> Optional[float]:
     value = _settings(study, node).get("time")
     return None if value is None else time_limit.parse_minutes(str(value))
 
@@ -69,7 +69,7 @@ def check_submission(study: Study, nodes: List[Node]) -> None:
         if KINDS[node.kind].launcher != "torchrun":
             continue
         try:
-            time_limit.check_limit(_time_minutes(study, node))
+            time_limit.check_limit(time_minutes(study, node))
         except ConfigError as e:
             raise ConfigError(f"{study.path}: {node.name}: slurm time: {e}") from None
 
@@ -106,7 +106,7 @@ def sbatch_options(study: Study, node: Node, array: Optional[str] = None) -> Lis
         if s.get(key) is not None:
             opts += [flag, str(s[key])]
     if training:  # a warning before the limit, in proportion to it (the trainer's clock is first)
-        lead = s.get("signal_seconds") or time_limit.signal_lead_seconds(_time_minutes(study, node))
+        lead = s.get("signal_seconds") or time_limit.signal_lead_seconds(time_minutes(study, node))
         opts.append(f"--signal=USR1@{lead}")
     if training and not array:
         opts += _exclude_crashed(node)
