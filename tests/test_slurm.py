@@ -212,10 +212,11 @@ def test_cancel_stays_cancelled_a_killed_rank_is_retried_once_and_a_short_time_i
 
     # Kill the only rank of the other job after its first checkpoint: crashed, retried once.
     victims = []
-    wait_for(lambda: victims.append(_rank0_of(kill_job)) or victims[-1], 240, "killed's rank")
     wait_for(lambda: saved(killed, 10), 240, "killed's first checkpoint")
+    wait_for(lambda: victims.append(_rank0_of(kill_job)) or victims[-1], 240, "killed's rank")
     first_node = slurm_cluster.job_field(kill_job, "NodeList")
     victims[-1].kill()
+    victims[-1].wait(timeout=30)  # gone: the rank that trains, not a helper it forked
     time.sleep(1)
     last = int(open(os.path.join(killed, "latest_checkpointed_iteration.txt")).read())
     release_requeued(slurm_cluster, kill_job, 1)
@@ -364,18 +365,30 @@ def _processes():
 
 
 def _rank0_of(job_id):
-    """The rank-0 training process of a job (found by its Slurm job id, killed by pid)."""
+    """The rank-0 training process of a job (found by its Slurm job id, killed by pid): the
+    topmost one, not a process it forked (checkpoint writers, loader workers share its
+    environment and command line), and only once it has started training."""
+    found = []
     for p in psutil.process_iter(["pid", "cmdline"]):
         try:
             env = p.environ()
         except (psutil.Error, OSError):
             continue
+        cmdline = " ".join(p.info["cmdline"] or [])
         if (
             env.get("SLURM_JOB_ID") == job_id
             and env.get("RANK") == "0"
-            and "megatron_meta.cli" in " ".join(p.info["cmdline"] or [])
+            and "megatron_meta.cli train" in cmdline
+            and "megatron_meta.launch" not in cmdline
         ):
-            return p
+            found.append(p)
+    pids = {p.pid for p in found}
+    for p in found:
+        try:
+            if p.ppid() not in pids:
+                return p
+        except psutil.Error:
+            continue
     return None
 
 
