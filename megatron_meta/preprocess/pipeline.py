@@ -67,8 +67,8 @@ class EncoderConfig:
     bos_id: int = -1
     """The tokenizer's BOS id (used with ``prepend_bos``)."""
     library: Optional[LibraryEncoder] = None
-    """Batch encoder on the tokenizer library, checked against megatron-core's ``tokenize`` at
-    start-up; None encodes text by text through megatron-core (loaded in each worker)."""
+    """Batch encoder on the tokenizer library, checked against ``tokenize`` at start-up; None
+    encodes text by text through ``tokenize`` (the tokenizer loaded in each worker)."""
 
 
 @dataclasses.dataclass
@@ -102,10 +102,14 @@ class DocumentEncoder:
             # Workers get here without importing megatron-core or torch: small processes.
             self.encode_batch, self._decode = config.library, config.library.decode
         else:
-            from megatron_meta.tokenizer import decode, load_tokenizer
+            from megatron_meta.tokenizer import decode
             from megatron_meta.tokenizer.batch import BatchEncoder
+            from megatron_meta.tokenizer.load import load_tokenizer_fast
 
-            tokenizer = tokenizer or load_tokenizer(config.tokenizer_type, config.tokenizer_model)
+            # The same loader as the main process, so both encode with the same tokenize().
+            tokenizer = tokenizer or load_tokenizer_fast(
+                config.tokenizer_type, config.tokenizer_model
+            )
             self.encode_batch = BatchEncoder(tokenizer, fast=False)
             self._decode = functools.partial(decode, tokenizer)
         self.dtype = np.dtype(config.dtype)

@@ -142,9 +142,9 @@ def run_preprocess(config: PreprocessConfig) -> PreprocessResult:
 
 
 def _run(config: PreprocessConfig, pool: Optional[WorkerPool]) -> PreprocessResult:
-    from megatron_meta.tokenizer import load_tokenizer
+    from megatron_meta.tokenizer.load import load_tokenizer_fast
 
-    tokenizer = load_tokenizer(config.tokenizer_type, config.tokenizer_model)
+    tokenizer = load_tokenizer_fast(config.tokenizer_type, config.tokenizer_model)
     if config.append_eod and tokenizer.eod is None:
         raise ConfigError(
             f"--append-eod: tokenizer {config.tokenizer_model} has no end-of-document token"

@@ -47,16 +47,7 @@ def load_tokenizer(tokenizer_type: str, tokenizer_model: str, **options: Any):
     Raises:
         ConfigError: unknown type, missing file, or a missing optional dependency.
     """
-    library = TOKENIZER_TYPES.get(tokenizer_type)
-    if library is None:
-        raise ConfigError(
-            f"--tokenizer-type {tokenizer_type!r} is not supported; "
-            f"choose from {', '.join(TOKENIZER_TYPES)}"
-        )
-    if not tokenizer_model:
-        raise ConfigError(f"--tokenizer-model is required with --tokenizer-type {tokenizer_type}")
-    if not os.path.exists(tokenizer_model):
-        raise ConfigError(f"--tokenizer-model {tokenizer_model}: no such file or directory")
+    library = check_arguments(tokenizer_type, tokenizer_model)
     path = os.path.abspath(tokenizer_model)
     kwargs: Dict[str, Any] = {}
     if library == "sentencepiece":
@@ -83,6 +74,34 @@ def load_tokenizer(tokenizer_type: str, tokenizer_model: str, **options: Any):
         raise ConfigError(
             f"--tokenizer-model {tokenizer_model}: cannot load as {tokenizer_type} ({e})"
         ) from e
+
+
+def check_arguments(tokenizer_type: str, tokenizer_model: str) -> str:
+    """The library name of ``tokenizer_type``; ConfigError for a bad type or a missing model."""
+    library = TOKENIZER_TYPES.get(tokenizer_type)
+    if library is None:
+        raise ConfigError(
+            f"--tokenizer-type {tokenizer_type!r} is not supported; "
+            f"choose from {', '.join(TOKENIZER_TYPES)}"
+        )
+    if not tokenizer_model:
+        raise ConfigError(f"--tokenizer-model is required with --tokenizer-type {tokenizer_type}")
+    if not os.path.exists(tokenizer_model):
+        raise ConfigError(f"--tokenizer-model {tokenizer_model}: no such file or directory")
+    return library
+
+
+def load_tokenizer_fast(tokenizer_type: str, tokenizer_model: str):
+    """For preprocessing: the tokenizer on its own library (no megatron-core, no torch; same ids,
+    :mod:`~megatron_meta.tokenizer.fast`), else through megatron-core, saying why."""
+    from megatron_meta.tokenizer.fast import load_fast_tokenizer
+
+    check_arguments(tokenizer_type, tokenizer_model)
+    tokenizer, why = load_fast_tokenizer(tokenizer_type, tokenizer_model)
+    if tokenizer is not None:
+        return tokenizer
+    logger.info("loading %s through megatron-core (%s)", tokenizer_model, why)
+    return load_tokenizer(tokenizer_type, tokenizer_model)
 
 
 def special_tokens(tokenizer) -> Dict[str, Any]:
