@@ -25,10 +25,10 @@ def main(argv) -> int:
     os.environ["RAYON_NUM_THREADS"] = str(threads)
     from megatron_meta.corpora.records import Document
     from megatron_meta.metadata.formatting import format_document
-    from megatron_meta.tokenizer import load_tokenizer
     from megatron_meta.tokenizer.batch import library_encoder
+    from megatron_meta.tokenizer.load import load_tokenizer_fast
 
-    library = library_encoder(load_tokenizer(tokenizer_type, model))
+    library = library_encoder(load_tokenizer_fast(tokenizer_type, model))
     if library is None:
         raise SystemExit(f"{tokenizer_type} {model}: no library batch call to measure")
     inner = library.inner

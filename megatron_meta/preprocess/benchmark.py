@@ -12,7 +12,10 @@ number of workers everywhere, for each tokenizer family of
   preprocessing uses, 256 texts a call), no reading, writing or inter-process traffic;
 * **ours**, one variant (``full``) and all seven variants in one pass (``run_preprocess``, what
   ``megatron-meta preprocess`` runs, with ``--append-eod``), and one variant with
-  ``--scale-workers`` workers (default 8), for the main process's share of the CPU.
+  ``--scale-workers`` workers (default 8), for the main process's share of the CPU;
+* **CLI**: ``megatron-meta preprocess`` as users run it, a subprocess, one variant: start-up
+  (interpreter, imports, tokenizer load, start-up checks) included, which the in-process runs
+  above do not see (their process imported everything before the timed part).
 
 Throughput is MB/s of formatted ``full`` text for all rows (so ratios are ratios of wall time);
 each timing is the best of ``--repeats``, contenders alternating (the machine may be shared). CPU
@@ -72,10 +75,10 @@ def time_bound(texts: List[str], family: Family, workers: int) -> Tuple[float, f
     """
     import multiprocessing
 
-    from megatron_meta.tokenizer import load_tokenizer
     from megatron_meta.tokenizer.batch import BatchEncoder
+    from megatron_meta.tokenizer.load import load_tokenizer_fast
 
-    _BOUND["encode"] = BatchEncoder(load_tokenizer(family.tokenizer_type, family.model))
+    _BOUND["encode"] = BatchEncoder(load_tokenizer_fast(family.tokenizer_type, family.model))
     _BOUND["texts"] = texts
     sizes = [0]
     for t in texts:
@@ -108,6 +111,34 @@ def time_library_bound(jsonl: str, family: Family, threads: int) -> Tuple[float,
     return got["wall"], got["cpu"], 0.0
 
 
+def time_cli(cmd: List[str]) -> Tuple[float, float, float]:
+    """(wall, main CPU, workers' CPU) of one command, start-up included.
+
+    The split is exact: the exited process is read from ``/proc`` before it is reaped (its own
+    CPU, and that of the workers it reaped). Without procfs all CPU counts as main.
+    """
+    children = cpu_seconds()[1]
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    err = proc.stderr.read()  # until it exits (stderr closes), so the pipe never fills
+    try:
+        os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
+        with open(f"/proc/{proc.pid}/stat", encoding="ascii") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        tick = os.sysconf("SC_CLK_TCK")
+        own = (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+        reaped = (int(fields[13]) + int(fields[14])) / tick  # cutime + cstime
+    except (AttributeError, OSError):
+        own = reaped = None
+    proc.wait()
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{err.decode(errors='replace')[-2000:]}")
+    if own is None:
+        return wall, cpu_seconds()[1] - children, 0.0  # only the total is known here
+    return wall, own, reaped
+
+
 def time_ours(
     jsonl: str, family: Family, variants: List[str], workers: int, out_dir: str
 ) -> Tuple[float, float, float]:
@@ -130,8 +161,22 @@ def time_ours(
     start = time.perf_counter()
     result = run_preprocess(config)
     seconds = time.perf_counter() - start
+    _reap_forkserver()
     main1, children1 = cpu_seconds()
     return seconds, main1 - main0, children1 - children0, result.job_cpu
+
+
+def _reap_forkserver() -> None:
+    """Count the workers' CPU when they were started by forkserver (this process runs threads).
+
+    The forkserver reaps the workers, so their CPU time reaches this process only when the
+    forkserver itself exits and is reaped: stop it (the next pool starts a new one).
+    """
+    import multiprocessing.forkserver
+
+    stop = getattr(multiprocessing.forkserver._forkserver, "_stop", None)  # CPython's, 3.8+
+    if stop is not None:
+        stop()
 
 
 # -- memory -----------------------------------------------------------------------------------
@@ -225,8 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: List[str]) -> int:
-    from megatron_meta.tokenizer import load_tokenizer
-    from megatron_meta.tokenizer.load import quiet_megatron_logs
+    from megatron_meta.tokenizer.load import load_tokenizer_fast, quiet_megatron_logs
     from megatron_meta.tokenizer.proofs import sharing_plan
 
     quiet_megatron_logs()
@@ -259,12 +303,13 @@ def main(argv: List[str]) -> int:
     all_v = list(VARIANTS)
     rows = []
     for family in families:
-        plan, reason = sharing_plan(load_tokenizer(family.tokenizer_type, family.model))
+        plan, reason = sharing_plan(load_tokenizer_fast(family.tokenizer_type, family.model))
         runs = {
             "library": lambda: time_library_bound(x1, family, os.cpu_count() or 1),
             "bound": lambda: time_bound(texts, family, args.workers),
             "ours_1": lambda: time_ours(x1, family, ["full"], args.workers, fresh()),
             "ours_7": lambda: time_ours(x1, family, all_v, args.workers, fresh()),
+            "cli_1": lambda: time_cli(_cli(family, args.workers, x1, os.path.join(fresh(), "c"))),
         }
         time_ours(x1, family, ["full"], args.workers, fresh())  # warm-up: imports, page cache
         best: Dict[str, Tuple[float, float, float]] = {}
@@ -289,13 +334,15 @@ def main(argv: List[str]) -> int:
     print(
         "\n| family | shared body | library bound MB/s | forked bound MB/s | 1 variant MB/s | "
         "1 variant / library bound (wall; CPU) | 1 variant / forked bound (wall; CPU) | "
+        "CLI 1 variant MB/s | CLI / library bound (wall; CPU) | CLI CPU-s main; workers | "
         "7 variants / 1 (wall; CPU) | main CPU-s/MB while jobs run | workers CPU-s/MB | "
         f"main CPU / workers CPU at {args.scale_workers} workers | CLI run 1x (s) | "
         "peak RSS sum 1x / 2x (MB) | peak PSS 1x / 2x (MB) |"
-        "\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     )
     for family, shared, best, memory in rows:
         lib, b, o1, o7 = best["library"], best["bound"], best["ours_1"], best["ours_7"]
+        c1 = best["cli_1"]
         scale = best[f"ours_1_w{args.scale_workers}"]
         rss = " / ".join(f"{memory[k]['tree_rss']:.0f}" for k in ("1x", "2x")) if memory else "-"
         pss = " / ".join(f"{memory[k]['tree_pss']:.0f}" for k in ("1x", "2x")) if memory else "-"
@@ -304,6 +351,8 @@ def main(argv: List[str]) -> int:
             f"| {family.name} | {shared.split(' (')[0]} | {mb / lib[0]:.2f} | {mb / b[0]:.2f} | "
             f"{mb / o1[0]:.2f} | {lib[0] / o1[0]:.3f}; {(lib[1] + lib[2]) / (o1[1] + o1[2]):.3f} | "
             f"{b[0] / o1[0]:.3f}; {(b[1] + b[2]) / (o1[1] + o1[2]):.3f} | "
+            f"{mb / c1[0]:.2f} | {lib[0] / c1[0]:.3f}; {(lib[1] + lib[2]) / (c1[1] + c1[2]):.3f} | "
+            f"{c1[1]:.2f}; {c1[2]:.2f} | "
             f"{o7[0] / o1[0]:.2f}; {(o7[1] + o7[2]) / (o1[1] + o1[2]):.2f} | {o1[3] / mb:.4f} | "
             f"{o1[2] / mb:.3f} | 1/{scale[2] / max(scale[3], 1e-9):.0f} | {cli} | {rss} | {pss} |"
         )
@@ -332,8 +381,11 @@ def _print_family(row, mb: float) -> None:
 
 
 def _cli(family: Family, workers: int, path: str, prefix: str) -> List[str]:
-    return [
-        sys.executable, "-m", "megatron_meta.cli", "preprocess",
+    # The console script users run, where it is installed next to this interpreter.
+    script = os.path.join(os.path.dirname(sys.executable), "megatron-meta")
+    launcher = [script] if os.access(script, os.X_OK) else [sys.executable, "-m", "megatron_meta.cli"]
+    return launcher + [
+        "preprocess",
         "--tokenizer-type", family.tokenizer_type, "--tokenizer-model", family.model,
         "--metadata-variants", "full", "--append-eod", "--workers", str(workers),
         "--no-progress", "--input", path, "--output-prefix", prefix,

@@ -24,12 +24,17 @@ import os
 import sys
 from typing import List
 
-from megatron_meta.errors import ConfigError
-from megatron_meta.metadata.formatting import URL_FORMS, VARIANTS, parse_variants
-from megatron_meta.outputs import check_output, disk_full_guard
-from megatron_meta.preprocess.holdout import HoldoutConfig
-from megatron_meta.preprocess.runner import SPLIT_BY, PreprocessConfig, run_preprocess
-from megatron_meta.tokenizer.load import TOKENIZER_TYPES
+# Before numpy is imported (below): its OpenBLAS starts (cores - 1) idle threads at import, and a
+# multi-threaded process starts its workers by forkserver (fresh interpreters, their CPU not
+# counted as this run's) instead of fork (see workers.py). Preprocessing does no BLAS work.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+from megatron_meta.errors import ConfigError  # noqa: E402
+from megatron_meta.metadata.formatting import URL_FORMS, VARIANTS, parse_variants  # noqa: E402
+from megatron_meta.outputs import check_output, disk_full_guard  # noqa: E402
+from megatron_meta.preprocess.holdout import HoldoutConfig  # noqa: E402
+from megatron_meta.preprocess.runner import SPLIT_BY, PreprocessConfig, run_preprocess  # noqa: E402
+from megatron_meta.tokenizer.load import TOKENIZER_TYPES  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
