@@ -57,7 +57,7 @@ def run(out, inputs, toks, name="sp_bpe", **kw):
     return run_preprocess(config)
 
 
-def same_outputs(dir_a, dir_b):
+def same_outputs(dir_a, dir_b, skipped=True):
     names = sorted(os.listdir(dir_a))
     assert names == sorted(os.listdir(dir_b))
     assert any(n.endswith(".bin") for n in names) and not [n for n in names if "tmp" in n]
@@ -65,7 +65,8 @@ def same_outputs(dir_a, dir_b):
         if not n.endswith(".manifest.json"):
             assert filecmp.cmp(os.path.join(dir_a, n), os.path.join(dir_b, n), shallow=False), n
     ma, mb = (load_manifest(os.path.join(d, "out.manifest.json")) for d in (dir_a, dir_b))
-    assert ma.skipped == mb.skipped
+    if skipped:
+        assert ma.skipped == mb.skipped
     return ma
 
 
@@ -222,29 +223,80 @@ def test_joining_a_large_index_holds_blocks_only(tmp_path):
     assert ds[n + 5].tolist() == [1] and writer.tokens == 2 * n
 
 
-def test_now_read_by_the_main_process_same_bytes_and_parts(toks, tmp_path):
-    """NOW has no read tasks: the main process reads it and sends documents in jobs."""
+def test_now_read_in_tasks_one_a_text_file_same_bytes_and_parts(toks, tmp_path):
+    """NOW: one read task a text file, read by the workers; the same bytes as shards written from
+    one sequential read of the corpus, for 0/1/2/5 workers and for parts merged, with ids repeated
+    across and within text files dropped once and a bad sources row counted once."""
     from corpus_fixtures import make_now_folder
 
+    from megatron_meta.corpora.cleaning import Cleaning
     from megatron_meta.preprocess.merge import merge_parts
 
-    now = str(make_now_folder(tmp_path))
-    assert plan_tasks(CorpusSpec([now]), 100) is None
+    now = str(make_now_folder(
+        tmp_path,
+        # ke is read before ng: its copy of ng's article 1003 is kept and ng's own dropped.
+        extra_entries={"24-01-ke.txt": ["@@1003 An earlier copy of the Lagos article.",
+                                        "@@1005 The Kenyan article again, in its own file."]},
+        extra_sources_lines=["4242\tonly two fields"],
+    ))  # fmt: skip
+    spec = CorpusSpec([now])
+    tasks = plan_tasks(spec, 100)
+    assert [t.reader for t in tasks] == ["now"] * 7  # au, gb, in, ke, ng, us1, us2
+    assert tasks[3].path.endswith("24-01-ke.txt") and tasks[4].path.endswith("24-01-ng.txt")
+    bad = BadRecords("skip")
+    sequential = list(iter_documents(spec, bad))
+    assert bad.summary() == {"duplicate_id": 2, "excluded_country": 1, "malformed_sources_row": 1}
+    assert [d.id for d in sequential].count("1003") == 1
+    # The oracle: the sequentially read (and cleaned) documents as JSONL, written without cleaning.
+    oracle = write_jsonl(str(tmp_path / "sequential.jsonl"), sequential)
     kw = dict(holdout=HoldoutConfig(1, 0.2, 4), append_eod=True)
-    one = run(tmp_path / "ref", [now], toks, task_bytes=10**9, **kw)
-    assert one.documents > 3 and one.held_out >= 1
-    assert one.manifest.skipped == {"excluded_country": 1}
-    for workers in (2, 5):
+    config = PreprocessConfig(
+        corpus=CorpusSpec([oracle], cleaning=Cleaning("off")),
+        output_prefix=str(tmp_path / "ref" / "out"),
+        tokenizer_type="SentencePieceTokenizer", tokenizer_model=toks["sp_bpe"],
+        variants=["full", "none"], progress_bar=False, on_bad_record="skip", **kw,
+    )  # fmt: skip
+    ref = run_preprocess(config)
+    assert ref.documents + ref.held_out == len(sequential) and ref.held_out >= 1
+    for workers in (0, 1, 2, 5):
         out = tmp_path / f"w{workers}"
-        run(out, [now], toks, workers=workers, task_bytes=50, **kw)
-        same_outputs(tmp_path / "ref", out)
+        got = run(out, [now], toks, workers=workers, **kw)
+        assert got.manifest.skipped == bad.summary()  # the oracle's input had none of them
+        same_outputs(tmp_path / "ref", out, skipped=False)
     parts = [
         run(tmp_path / f"p{i}", [now], toks, partitions=2, partition_index=i, workers=i * 2,
-            task_bytes=50, **kw).manifest_path
+            **kw).manifest_path
         for i in range(2)
     ]  # fmt: skip
-    merge_parts(parts, str(tmp_path / "merged" / "out"))
-    same_outputs(tmp_path / "ref", tmp_path / "merged")
+    merged = merge_parts(parts, str(tmp_path / "merged" / "out"))
+    assert merged.skipped == bad.summary()
+    same_outputs(tmp_path / "ref", tmp_path / "merged", skipped=False)
+
+
+def test_now_workers_load_the_sources_rows_once_shared_after_fork(toks, tmp_path):
+    """The main process loads NOW's sources rows before it forks its workers; a worker that was
+    not forked (or a later run on changed files) loads them itself."""
+    from corpus_fixtures import make_now_folder
+
+    from megatron_meta.corpora import now as now_module
+    from megatron_meta.corpora.registry import now_corpus
+
+    folder = str(make_now_folder(tmp_path))
+    spec = CorpusSpec([folder])
+    first = now_corpus(spec, BadRecords("skip"))
+    assert now_corpus(spec, BadRecords("skip")) is first  # cached in this process
+    sources = os.path.join(folder, "now-sources-2024.txt")
+    with open(sources, "ab") as f:
+        f.write(b"4243\tmalformed\r\n")
+    os.utime(sources, ns=(1, 1))  # a changed file is loaded again, its bad rows counted
+    bad = BadRecords("skip")
+    again = now_corpus(spec, bad)
+    assert again is not first and bad.summary() == {"malformed_sources_row": 1}
+    bad = BadRecords("skip")
+    assert now_corpus(spec, bad) is again and bad.summary() == {"malformed_sources_row": 1}
+    now_module._CACHED.clear()  # as in a worker started from a fresh interpreter
+    run(tmp_path / "fresh", [folder], toks, workers=0)
+    assert len(now_module._CACHED) == 1
 
 
 def test_workers_clean_html_like_the_main_reader(toks, tmp_path):

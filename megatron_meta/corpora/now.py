@@ -239,6 +239,100 @@ def _file_country(member: _Member, regions: RegionTable) -> Optional[str]:
     return regions.normalize_country(match.group(1)) if match else None
 
 
+class NowCorpus:
+    """The sources rows of a NOW corpus, loaded once, and its text files, each readable apart.
+
+    A preprocessing run loads it in the main process before forking its workers, so they share
+    the rows (:func:`cached_corpus`); a worker started otherwise loads them itself, once.
+    """
+
+    def __init__(self, paths: Sequence[str], regions: RegionTable, bad: BadRecords,
+                 countries: Optional[Set[str]] = None, options: NowOptions = NowOptions()) -> None:  # fmt: skip
+        self.regions = regions
+        self.options = options
+        self.keep = set(countries) if countries is not None else set(NOW_CONTINENTS) | set(regions.explicit)
+        sources, self.texts = _collect(paths)
+        self.rows: Dict[str, _SourceRow] = {}
+        keep = self.keep
+
+        @functools.lru_cache(maxsize=None)
+        def excluded_country(raw: str) -> bool:
+            code = regions.normalize_country(raw) if raw else None
+            return code is not None and code not in keep
+
+        # With the country from the file name, a row's own country decides nothing.
+        drop_row = excluded_country if options.country_from == "sources" else (lambda raw: False)
+        for member in sources:
+            logger.info("loading sources %s", member.display)
+            _load_sources(member, self.rows, bad, drop_row)
+        logger.info("%d sources rows; %d text files", len(self.rows), len(self.texts))
+        self.sources_skipped: Dict[str, int] = {}
+        """Bad sources rows of the load, by reason (set by :func:`cached_corpus`)."""
+
+    def documents(self, bad: BadRecords) -> Iterator[Document]:
+        """Every text file in order."""
+        for member in self.texts:
+            yield from self.file_documents(member, bad)
+
+    def file_documents(self, member: "_Member", bad: BadRecords) -> Iterator[Document]:
+        """The documents of one text file; left-out ones are counted in ``bad`` as they come
+        (``excluded_country``, ``untitled``), so a record belongs to the next good document."""
+        regions, keep, options, rows = self.regions, self.keep, self.options, self.rows
+        file_country = _file_country(member, regions)
+        if file_country is not None and file_country not in keep:
+            # A whole file of a dropped country (e.g. au, nz): count it without decoding.
+            n = _count_entries(member)
+            logger.info("skipping %s (%d documents, country %s not kept)", member.display, n, file_country)
+            if n:
+                bad.merge({"excluded_country": n})
+            return
+        logger.info("reading %s", member.display)
+        n_entries = 0
+        for text_id, text in _entries(member):
+            n_entries += 1
+            where = f"{member.display} (textID {text_id})"
+            row = rows.get(text_id)
+            if row is None:
+                bad.report("no_sources_row", where, "no row with this textID in the sources files given")
+                continue
+            if row is _EXCLUDED:
+                bad.merge({"excluded_country": 1})
+                continue
+            if not text:
+                bad.report("missing_text", where, "empty text")
+                continue
+            if options.country_from == "file":
+                raw_country = file_country or row.country
+            else:
+                raw_country = row.country or (file_country or "")
+            country = regions.normalize_country(raw_country) if raw_country else None
+            if country is None:
+                reason = "unknown_country" if raw_country else "missing_country"
+                bad.report(reason, where, f"country {raw_country!r} not in the region table "
+                           "(add it with --continent-map)")
+                continue
+            if country not in keep:
+                bad.merge({"excluded_country": 1})
+                continue
+            if not row.url:
+                bad.report("missing_url", where, "the sources row has no URL")
+                continue
+            if options.require_title and not row.title:
+                bad.merge({"untitled": 1})
+                continue
+            yield Document(
+                id=text_id,
+                url=row.url,
+                country=country,
+                continent=regions.continent_of(country) or "",
+                title=row.title,
+                text=text,
+                date=row.date or None,
+            )
+        if n_entries == 0:
+            logger.warning("%s has no @@textID entries; is it a NOW text file?", member.display)
+
+
 def read_now(
     paths: Sequence[str],
     regions: RegionTable,
@@ -247,80 +341,55 @@ def read_now(
     options: NowOptions = NowOptions(),
 ) -> Iterator[Document]:
     """Stream NOW documents from folders, zips or files (see the module docstring)."""
-    keep = set(countries) if countries is not None else set(NOW_CONTINENTS) | set(regions.explicit)
+    yield from NowCorpus(paths, regions, bad, countries, options).documents(bad)
+
+
+# One corpus per process: a preprocessing run loads it before its workers fork, and they (and
+# the run's later reads) find it here instead of loading tens of millions of rows again.
+_CACHED: Dict[tuple, NowCorpus] = {}
+
+
+def cached_corpus(
+    paths: Sequence[str], regions: Callable[[], RegionTable], regions_file: Optional[str],
+    bad: BadRecords, countries: Optional[Set[str]] = None, options: NowOptions = NowOptions(),
+) -> NowCorpus:  # fmt: skip
+    """:class:`NowCorpus` of these inputs, loaded once per process while its files are unchanged.
+
+    The bad sources rows found when loading are counted in ``bad`` on every call, as a fresh load
+    would count them (logged only the first time).
+    """
     sources, texts = _collect(paths)
-    rows: Dict[str, _SourceRow] = {}
+    stamps = tuple(_stamp(m.container or m.name) for m in sources + texts)
+    extra = _stamp(regions_file) if regions_file else None
+    frozen = frozenset(countries) if countries is not None else None
+    key = (tuple(paths), regions_file, extra, frozen, options, stamps)
+    corpus = _CACHED.get(key)
+    if corpus is None:
+        _CACHED.clear()  # one corpus at a time: the rows are large
+        before = dict(bad.counts)
+        corpus = NowCorpus(paths, regions(), bad, countries, options)
+        corpus.sources_skipped = {
+            k: n - before.get(k, 0) for k, n in bad.counts.items() if n - before.get(k, 0)
+        }
+        _CACHED[key] = corpus
+    else:
+        bad.merge(corpus.sources_skipped)
+    return corpus
 
-    @functools.lru_cache(maxsize=None)
-    def excluded_country(raw: str) -> bool:
-        code = regions.normalize_country(raw) if raw else None
-        return code is not None and code not in keep
 
-    # With the country from the file name, a row's own country decides nothing.
-    drop_row = excluded_country if options.country_from == "sources" else (lambda raw: False)
-    for member in sources:
-        logger.info("loading sources %s", member.display)
-        _load_sources(member, rows, bad, drop_row)
-    logger.info("%d sources rows; %d text files", len(rows), len(texts))
-    excluded = untitled = 0
-    try:
-        for member in texts:
-            file_country = _file_country(member, regions)
-            if file_country is not None and file_country not in keep:
-                # A whole file of a dropped country (e.g. au, nz): count it without decoding.
-                n = _count_entries(member)
-                excluded += n
-                logger.info("skipping %s (%d documents, country %s not kept)", member.display, n, file_country)
-                continue
-            logger.info("reading %s", member.display)
-            n_entries = 0
-            for text_id, text in _entries(member):
-                n_entries += 1
-                where = f"{member.display} (textID {text_id})"
-                row = rows.get(text_id)
-                if row is None:
-                    bad.report("no_sources_row", where, "no row with this textID in the sources files given")
-                    continue
-                if row is _EXCLUDED:
-                    excluded += 1
-                    continue
-                if not text:
-                    bad.report("missing_text", where, "empty text")
-                    continue
-                if options.country_from == "file":
-                    raw_country = file_country or row.country
-                else:
-                    raw_country = row.country or (file_country or "")
-                country = regions.normalize_country(raw_country) if raw_country else None
-                if country is None:
-                    reason = "unknown_country" if raw_country else "missing_country"
-                    bad.report(reason, where, f"country {raw_country!r} not in the region table "
-                               "(add it with --continent-map)")
-                    continue
-                if country not in keep:
-                    excluded += 1
-                    continue
-                if not row.url:
-                    bad.report("missing_url", where, "the sources row has no URL")
-                    continue
-                if options.require_title and not row.title:
-                    untitled += 1
-                    continue
-                yield Document(
-                    id=text_id,
-                    url=row.url,
-                    country=country,
-                    continent=regions.continent_of(country) or "",
-                    title=row.title,
-                    text=text,
-                    date=row.date or None,
-                )
-            if n_entries == 0:
-                logger.warning("%s has no @@textID entries; is it a NOW text file?", member.display)
-    finally:
-        if excluded:
-            logger.info("left out %d documents of countries not kept (%s)", excluded, ",".join(sorted(keep)))
-            bad.merge({"excluded_country": excluded})
-        if untitled:
-            logger.info("left out %d documents without a title (the paper protocol)", untitled)
-            bad.merge({"untitled": untitled})
+def _stamp(path: str) -> Tuple[str, int, int]:
+    st = os.stat(path)
+    return path, st.st_size, st.st_mtime_ns
+
+
+def text_file_sizes(corpus: NowCorpus) -> List[Tuple[str, int]]:
+    """(display name, bytes) of each text file, in reading order."""
+    out = []
+    for m in corpus.texts:
+        if m.container is None:
+            size = os.path.getsize(m.name)
+        else:
+            with zipfile.ZipFile(m.container) as zf:
+                size = zf.getinfo(m.name).file_size
+        out.append((m.display, size))
+    return out

@@ -2,12 +2,14 @@
 
 A :class:`ReadTask` is a contiguous piece of the corpus's document order: a byte range of a plain
 JSONL file (cut at line ends, with the line number it starts at), a whole ``.gz`` JSONL file, a
-range of Parquet row groups, or a range of record batches of a ``datasets`` arrow file. The tasks
-in order read exactly the documents of one sequential read, with the same locations and default
-ids, so how the input is cut changes nothing in the output.
+range of Parquet row groups, a range of record batches of a ``datasets`` arrow file, or one NOW
+text file (its sources rows loaded once per process, :func:`~megatron_meta.corpora.now.cached_corpus`).
+The tasks in order read exactly the documents of one sequential read, with the same locations and
+default ids, so how the input is cut changes nothing in the output. (NOW drops repeated text ids
+corpus-wide; across tasks the caller does that, see ``Job.seen_before``.)
 
-Formats without such units (NOW, whose articles need the sources rows; the embedded news corpus)
-have no tasks: :func:`plan_tasks` returns None and the caller reads them sequentially.
+The embedded news corpus (one zip of a few thousand articles) has no tasks: :func:`plan_tasks`
+returns None and the caller reads it sequentially.
 
 Planning reads only metadata, except for plain JSONL: its line ends and line numbers are found by
 one sequential read of the file in blocks (``bytes.count``, at disk speed: about 1/1000 of the
@@ -22,7 +24,7 @@ from typing import Iterator, List, Optional
 
 from megatron_meta.corpora.bad_records import BadRecords
 from megatron_meta.corpora.records import Document
-from megatron_meta.corpora.registry import CorpusSpec, resolve_format
+from megatron_meta.corpora.registry import CorpusSpec, now_corpus, resolve_format
 from megatron_meta.errors import DataError
 
 _BLOCK = 16 << 20
@@ -33,10 +35,12 @@ class ReadTask:
     """One piece of the input (picklable: it travels to a worker)."""
 
     reader: str
-    """``jsonl``, ``parquet`` or ``arrow``."""
+    """``jsonl``, ``parquet``, ``arrow`` or ``now``."""
     path: str
+    """The file (for NOW, its display name: ``zip!member`` or the path)."""
     start: int
-    """First byte (jsonl), row group (parquet) or record batch (arrow)."""
+    """First byte (jsonl), row group (parquet), record batch (arrow) or the index of the text
+    file in the NOW corpus's reading order (now)."""
     end: Optional[int]
     """End (exclusive) in the same unit; None: to the end of the file."""
     first_line: int = 1
@@ -45,10 +49,22 @@ class ReadTask:
     """Bytes, for progress and balance."""
 
 
-def plan_tasks(spec: CorpusSpec, target_bytes: int) -> Optional[List[ReadTask]]:
-    """Tasks of about ``target_bytes`` each, in corpus order; None for formats without them."""
+def plan_tasks(
+    spec: CorpusSpec, target_bytes: int, bad: Optional[BadRecords] = None
+) -> Optional[List[ReadTask]]:
+    """Tasks of about ``target_bytes`` each, in corpus order; None for formats without them.
+
+    NOW: one task a text file; its sources rows are loaded here (bad rows counted in ``bad``).
+    """
     fmt = resolve_format(spec)
     tasks: List[ReadTask] = []
+    if fmt == "now":
+        from megatron_meta.corpora.now import text_file_sizes
+
+        corpus = now_corpus(spec, bad if bad is not None else BadRecords("skip", log_first=0))
+        for i, (name, size) in enumerate(text_file_sizes(corpus)):
+            tasks.append(ReadTask("now", name, i, i + 1, 1, size))
+        return tasks
     if fmt == "jsonl":
         for path in spec.inputs:
             if path.endswith(".gz"):  # not seekable: one task a file
@@ -74,6 +90,10 @@ def plan_tasks(spec: CorpusSpec, target_bytes: int) -> Optional[List[ReadTask]]:
 
 def read_task(spec: CorpusSpec, task: ReadTask, bad: BadRecords) -> Iterator[Document]:
     """The documents of ``task`` (before the ``--countries`` filter, which the caller applies)."""
+    if task.reader == "now":
+        # The sources rows' bad records were counted by the main process, when it planned.
+        corpus = now_corpus(spec, BadRecords("skip", log_first=0))
+        return corpus.file_documents(corpus.texts[task.start], bad)
     regions = spec.regions()
     if task.reader == "jsonl":
         from megatron_meta.corpora.jsonl import read_jsonl_range

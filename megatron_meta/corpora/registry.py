@@ -113,16 +113,23 @@ def iter_documents(spec: CorpusSpec, bad: BadRecords) -> Iterator[Document]:
     return clean_documents(_read(spec, bad), spec.cleaning, bad, drop_duplicate_ids=dedupe)
 
 
+def now_corpus(spec: CorpusSpec, bad: BadRecords):
+    """The NOW corpus of ``spec`` (its sources rows loaded once per process), bad rows in ``bad``."""
+    from megatron_meta.corpora.now import NowOptions, cached_corpus
+
+    options = NowOptions(country_from=spec.now_country, require_title=spec.keys.require_title)
+    return cached_corpus(
+        spec.inputs, spec.regions, spec.continent_map, bad, spec.countries, options
+    )
+
+
 def _read(spec: CorpusSpec, bad: BadRecords) -> Iterator[Document]:
     fmt = resolve_format(spec)
     regions = spec.regions()
     logger.info("reading %d input(s) as %s", len(spec.inputs), fmt)
     if fmt == "now":
-        from megatron_meta.corpora.now import NowOptions, read_now
-
         # NOW filters by country itself (it can skip whole files); nothing to add here.
-        options = NowOptions(country_from=spec.now_country, require_title=spec.keys.require_title)
-        yield from read_now(spec.inputs, regions, bad, spec.countries, options)
+        yield from now_corpus(spec, bad).documents(bad)
         return
     if fmt == "jsonl":
         docs = read_jsonl(spec.inputs, spec.keys, regions, bad)

@@ -7,7 +7,9 @@ node scales to as many workers as it has cores. When positions are needed (``--h
 ``--partitions``) a first pass, also in the workers, counts each task's documents and keeps its
 test candidates; the main process turns them into corpus positions.
 
-Other formats (NOW, the embedded news corpus) are read by the main process, which sends the
+NOW is read in tasks too (one a text file); as it drops repeated ids corpus-wide, a first pass
+over more than one text file collects each task's ids, and each job is told which of its ids an
+earlier task had. The embedded news corpus is read by the main process, which sends the
 documents in jobs of the same size; the rest is the same.
 """
 
@@ -15,14 +17,22 @@ from __future__ import annotations
 
 import collections
 import logging
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, FrozenSet, Iterator, List, Optional, Tuple
 
 from megatron_meta.corpora.ranges import ReadTask
 from megatron_meta.corpora.records import Document
 from megatron_meta.preprocess.holdout import HoldoutSelector, TestHeaps
 from megatron_meta.preprocess.partition import Part
 from megatron_meta.preprocess.progress import Progress
-from megatron_meta.preprocess.tasks import Job, JobResult, JobRunner, run_job, scan_job
+from megatron_meta.preprocess.tasks import (
+    Job,
+    JobResult,
+    JobRunner,
+    ids_job,
+    run_job,
+    scan_job,
+    seen_before,
+)
 from megatron_meta.preprocess.workers import DOC_FIELDS, WorkerPool
 from megatron_meta.preprocess.writer import OutputSet
 
@@ -46,8 +56,19 @@ class Dispatcher:
             for job in jobs:
                 handle(getattr(self.inline, method)(job))
 
-    # -- first pass --------------------------------------------------------------------------
-    def scan(self, tasks: List[ReadTask], selector: HoldoutSelector) -> List[int]:
+    # -- first passes ------------------------------------------------------------------------
+    def repeats(self, tasks: List[ReadTask]) -> Optional[List[FrozenSet[str]]]:
+        """NOW over several text files: per task, its ids that an earlier task had."""
+        if len(tasks) < 2 or tasks[0].reader != "now":
+            return None
+        arrays: List = []
+        self.map(ids_job, "ids", (Job(index=i, read=t) for i, t in enumerate(tasks)), arrays.append)
+        return seen_before(arrays)
+
+    def scan(
+        self, tasks: List[ReadTask], selector: HoldoutSelector,
+        seen: Optional[List[FrozenSet[str]]] = None,
+    ) -> List[int]:  # fmt: skip
         """Documents per task; chooses ``selector``'s test documents when it holds some out."""
         counts: List[int] = []
         heaps = TestHeaps(selector.config)
@@ -57,7 +78,7 @@ class Dispatcher:
             heaps.update(task_heaps, sum(counts))
             counts.append(n)
 
-        jobs = (Job(index=i, read=t) for i, t in enumerate(tasks))
+        jobs = (Job(index=i, read=t, seen_before=_seen(seen, i)) for i, t in enumerate(tasks))
         self.map(scan_job, "scan", jobs, add)
         if selector.config.test_per_region > 0:
             selector.choose(heaps)
@@ -89,16 +110,22 @@ class Dispatcher:
         return counts
 
 
+def _seen(seen: Optional[List[FrozenSet[str]]], i: int) -> FrozenSet[str]:
+    return seen[i] if seen is not None else frozenset()
+
+
 def task_jobs(
     tasks: List[ReadTask],
     doc_counts: Optional[List[int]],
     selector: HoldoutSelector,
     part: Optional[Part],
+    seen: Optional[List[FrozenSet[str]]] = None,
 ) -> Iterator[Job]:
-    """The jobs of read tasks; with ``doc_counts`` (a first pass), positions and the part's share."""
+    """The jobs of read tasks; with ``doc_counts`` (a first pass), positions and the part's share;
+    with ``seen`` (NOW), the ids each task drops as repeats."""
     if doc_counts is None:
         for i, task in enumerate(tasks):
-            yield Job(index=i, read=task)
+            yield Job(index=i, read=task, seen_before=_seen(seen, i))
         return
     test = sorted(selector.test_positions)
     lo, hi = (0, None) if part is None else part.bounds
@@ -125,6 +152,7 @@ def task_jobs(
             test=frozenset(mine),
             window=(max(lo - start, 0), None if hi is None else min(hi - start, n)),
             bad_window=(lo - start, None if hi is None else hi - start),
+            seen_before=_seen(seen, i),
         )
 
 

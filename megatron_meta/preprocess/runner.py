@@ -21,7 +21,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 
 from megatron_meta.corpora.bad_records import BadRecords
 from megatron_meta.corpora.records import Document
-from megatron_meta.corpora.registry import CorpusSpec, iter_documents
+from megatron_meta.corpora.registry import CorpusSpec, iter_documents, now_corpus, resolve_format
 from megatron_meta.errors import ConfigError
 from megatron_meta.metadata.regions import slug
 from megatron_meta.preprocess.holdout import HoldoutConfig, HoldoutSelector
@@ -135,6 +135,10 @@ def run_preprocess(config: PreprocessConfig) -> PreprocessResult:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     out_dir = os.path.dirname(os.path.abspath(config.output_prefix))
     os.makedirs(out_dir, exist_ok=True)
+    if resolve_format(config.corpus) == "now":
+        # NOW's sources rows before the fork, so the workers share them instead of each loading
+        # them again; bad rows are counted again (from the cache) where the run plans its tasks.
+        now_corpus(config.corpus, BadRecords(config.on_bad_record))
     with contextlib.ExitStack() as stack:
         # Workers first, while this process is still small (see workers.py).
         pool = stack.enter_context(WorkerPool(config.workers)) if config.workers > 0 else None
@@ -159,10 +163,11 @@ def _run(config: PreprocessConfig, pool: Optional[WorkerPool]) -> PreprocessResu
     selector = HoldoutSelector(config.holdout)
     part = Part(config.partition_index, config.partitions) if config.partitions > 1 else None
     needs_positions = config.holdout.test_per_region > 0 or part is not None
-    tasks = plan_tasks(config.corpus, _task_bytes(config))
+    quiet = BadRecords(config.on_bad_record, log_first=0)  # reported again where it is read
+    # NOW's bad sources rows come before its first document: the part that has it counts them.
+    tasks = plan_tasks(config.corpus, _task_bytes(config), bad if part is None or part.index == 0 else quiet)
 
     positioned: Optional[Iterator[Tuple[int, Document]]] = None
-    quiet = BadRecords(config.on_bad_record, log_first=0)  # reported again where it is read
     if tasks is not None:
         sample, _ = sample_documents(iter_documents(config.corpus, quiet), config.split_sentences)
     else:
@@ -214,11 +219,12 @@ def _run(config: PreprocessConfig, pool: Optional[WorkerPool]) -> PreprocessResu
             pool, None if pool is not None else JobRunner(enc_config, settings, tokenizer)
         )
         if tasks is not None:
-            doc_counts = dispatcher.scan(tasks, selector) if needs_positions else None
+            seen = dispatcher.repeats(tasks)
+            doc_counts = dispatcher.scan(tasks, selector, seen) if needs_positions else None
             if part is not None:
                 part.total = sum(doc_counts)
                 _log_part(part)
-            jobs = task_jobs(tasks, doc_counts, selector, part)
+            jobs = task_jobs(tasks, doc_counts, selector, part, seen)
         else:
             jobs = stream_jobs(positioned, selector, _task_bytes(config))
         progress = Progress(config.log_interval, enabled=config.progress_bar)

@@ -20,6 +20,8 @@ import dataclasses
 import os
 from typing import Dict, FrozenSet, Iterator, List, Optional, Tuple
 
+import numpy as np
+
 from megatron_meta.corpora.bad_records import BadRecords
 from megatron_meta.corpora.cleaning import clean_document
 from megatron_meta.corpora.ranges import ReadTask, read_task
@@ -60,6 +62,9 @@ class Job:
     """Documents to keep (a part's share of the job)."""
     bad_window: Window = (0, None)
     """Bad records to count, by the index of the next good document."""
+    seen_before: FrozenSet[str] = frozenset()
+    """NOW: ids of this task's documents that earlier tasks already had (dropped as repeats,
+    ``duplicate_id``, as one sequential read drops them)."""
 
 
 @dataclasses.dataclass
@@ -133,11 +138,19 @@ class JobRunner:
         assert job.read is not None
         countries = self.settings.corpus.countries
         cleaning = self.settings.corpus.cleaning
+        # NOW's ids are its articles' (see DEDUPLICATED_FORMATS): a repeat is dropped before
+        # cleaning, as clean_documents does in one sequential read.
+        seen = set(job.seen_before) if job.read.reader == "now" else None
         for doc in read_task(self.settings.corpus, job.read, bad):
             if countries is not None and doc.country not in countries:
                 # Counted like a bad record: by the next good document's index.
                 bad.merge({"excluded_country": 1})
                 continue
+            if seen is not None:
+                if doc.id in seen:
+                    bad.merge({"duplicate_id": 1})
+                    continue
+                seen.add(doc.id)
             doc = clean_document(doc, cleaning, bad)
             if doc is None:
                 continue
@@ -154,6 +167,17 @@ class JobRunner:
         for n, doc in enumerate(self._documents(job, bad), 1):
             heaps.add(n - 1, region_of(doc, split_by), doc.id)
         return n, heaps
+
+    def ids(self, job: Job) -> np.ndarray:
+        """NOW, before the other passes: the ids of the task's documents as read (repeats and
+        documents that cleaning would empty included), for :func:`seen_before`."""
+        assert job.read is not None
+        bad = BadRecords(self.settings.on_bad_record, log_first=0)  # reported in the last pass
+        ids = [doc.id for doc in read_task(self.settings.corpus, job.read, bad)]
+        # NOW's ids are digits: int64 is 8 bytes an id in the pipe and in the main process.
+        if all(i.isdigit() and len(i) < 19 and (i[0] != "0" or i == "0") for i in ids):
+            return np.fromiter(map(int, ids), dtype=np.int64, count=len(ids))
+        return np.asarray(ids, dtype=object)
 
     # -- the job -----------------------------------------------------------------------------
     def run(self, job: Job) -> JobResult:
@@ -248,3 +272,29 @@ def run_job(job: Job) -> JobResult:
 def scan_job(job: Job) -> Tuple[int, TestHeaps]:
     assert _RUNNER is not None, "init_worker was not called"
     return _RUNNER.scan(job)
+
+
+def ids_job(job: Job) -> np.ndarray:
+    assert _RUNNER is not None, "init_worker was not called"
+    return _RUNNER.ids(job)
+
+
+def seen_before(id_arrays: List[np.ndarray]) -> List[FrozenSet[str]]:
+    """Per task, the ids an earlier task already had (main side, from :meth:`JobRunner.ids`)."""
+    if not id_arrays:
+        return []
+    if any(a.dtype == object for a in id_arrays):
+        out, seen = [], set()
+        for a in id_arrays:
+            ids = {str(i) for i in a.tolist()}
+            out.append(frozenset(ids & seen))
+            seen |= ids
+        return out
+    ids = np.concatenate(id_arrays)
+    owner = np.repeat(np.arange(len(id_arrays)), [len(a) for a in id_arrays])
+    unique, first = np.unique(ids, return_index=True)  # first: the earliest position of each id
+    earlier = owner[first][np.searchsorted(unique, ids)] < owner
+    out: List[set] = [set() for _ in id_arrays]
+    for task, i in zip(owner[earlier].tolist(), ids[earlier].tolist()):
+        out[task].add(str(i))
+    return [frozenset(s) for s in out]
