@@ -12,8 +12,9 @@ On disk (FACTS section 1):
   ``@ @ @ ...`` left exactly as it is.
 
 Inputs may be folders (searched recursively), zips or single files, in any mix. All sources rows are
-loaded first (metadata only: textID -> country, url, title, date); the text then streams one entry
-at a time. Text files are decoded as UTF-8 where they are, else ISO-8859-1, line by line.
+loaded first (metadata only: textID -> country, url, title, date; :class:`NowCorpus`); the text then
+streams one entry at a time, and each text file can be read on its own (preprocessing's workers
+read one a task). Text files are decoded as UTF-8 where they are, else ISO-8859-1, line by line.
 
 Options (:class:`NowOptions`; the paper protocol sets both): the country taken from the text
 file's name (``24-01-us3.txt`` -> ``us``) instead of the sources row, and rows without a title
@@ -246,11 +247,14 @@ class NowCorpus:
     the rows (:func:`cached_corpus`); a worker started otherwise loads them itself, once.
     """
 
-    def __init__(self, paths: Sequence[str], regions: RegionTable, bad: BadRecords,
-                 countries: Optional[Set[str]] = None, options: NowOptions = NowOptions()) -> None:  # fmt: skip
+    def __init__(
+        self, paths: Sequence[str], regions: RegionTable, bad: BadRecords,
+        countries: Optional[Set[str]] = None, options: NowOptions = NowOptions(),
+    ) -> None:  # fmt: skip
         self.regions = regions
         self.options = options
-        self.keep = set(countries) if countries is not None else set(NOW_CONTINENTS) | set(regions.explicit)
+        default = set(NOW_CONTINENTS) | set(regions.explicit)
+        self.keep = set(countries) if countries is not None else default
         sources, self.texts = _collect(paths)
         self.rows: Dict[str, _SourceRow] = {}
         keep = self.keep
@@ -282,7 +286,9 @@ class NowCorpus:
         if file_country is not None and file_country not in keep:
             # A whole file of a dropped country (e.g. au, nz): count it without decoding.
             n = _count_entries(member)
-            logger.info("skipping %s (%d documents, country %s not kept)", member.display, n, file_country)
+            logger.info(
+                "skipping %s (%d documents, country %s not kept)", member.display, n, file_country
+            )
             if n:
                 bad.merge({"excluded_country": n})
             return

@@ -3,7 +3,8 @@
 A :class:`ReadTask` is a contiguous piece of the corpus's document order: a byte range of a plain
 JSONL file (cut at line ends, with the line number it starts at), a whole ``.gz`` JSONL file, a
 range of Parquet row groups, a range of record batches of a ``datasets`` arrow file, or one NOW
-text file (its sources rows loaded once per process, :func:`~megatron_meta.corpora.now.cached_corpus`).
+text file (its sources rows loaded once per process,
+:func:`~megatron_meta.corpora.now.cached_corpus`).
 The tasks in order read exactly the documents of one sequential read, with the same locations and
 default ids, so how the input is cut changes nothing in the output. (NOW drops repeated text ids
 corpus-wide; across tasks the caller does that, see ``Job.seen_before``.)

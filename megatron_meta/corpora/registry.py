@@ -99,10 +99,10 @@ def resolve_format(spec: CorpusSpec) -> str:
     return fmt
 
 
-# Formats read whole by the main process: their ids are the corpus's own (NOW text ids, the
-# embedded corpus's article ids), so a repeated id is a repeated article and is dropped. The
-# record formats (JSONL, Parquet, datasets) are read in ranges by the workers; their ids default
-# to file:line, and dropping repeats there would need a corpus-wide pass (see clean_documents).
+# Formats whose ids are the corpus's own (NOW text ids, the embedded corpus's article ids): a
+# repeated id is a repeated article and is dropped (NOW read in tasks: a first pass of ids finds
+# the repeats across tasks, see preprocess/dispatch.py). The record formats' ids default to
+# file:line, and dropping repeats there would need such a pass too (see clean_documents).
 DEDUPLICATED_FORMATS = ("now", "news-articles")
 
 

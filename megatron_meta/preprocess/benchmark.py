@@ -383,7 +383,8 @@ def _print_family(row, mb: float) -> None:
 def _cli(family: Family, workers: int, path: str, prefix: str) -> List[str]:
     # The console script users run, where it is installed next to this interpreter.
     script = os.path.join(os.path.dirname(sys.executable), "megatron-meta")
-    launcher = [script] if os.access(script, os.X_OK) else [sys.executable, "-m", "megatron_meta.cli"]
+    module = [sys.executable, "-m", "megatron_meta.cli"]
+    launcher = [script] if os.access(script, os.X_OK) else module
     return launcher + [
         "preprocess",
         "--tokenizer-type", family.tokenizer_type, "--tokenizer-model", family.model,

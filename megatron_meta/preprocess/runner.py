@@ -165,7 +165,8 @@ def _run(config: PreprocessConfig, pool: Optional[WorkerPool]) -> PreprocessResu
     needs_positions = config.holdout.test_per_region > 0 or part is not None
     quiet = BadRecords(config.on_bad_record, log_first=0)  # reported again where it is read
     # NOW's bad sources rows come before its first document: the part that has it counts them.
-    tasks = plan_tasks(config.corpus, _task_bytes(config), bad if part is None or part.index == 0 else quiet)
+    sources_bad = bad if part is None or part.index == 0 else quiet
+    tasks = plan_tasks(config.corpus, _task_bytes(config), sources_bad)
 
     positioned: Optional[Iterator[Tuple[int, Document]]] = None
     if tasks is not None:

@@ -231,7 +231,9 @@ def _huggingface(path: str) -> LibraryTokenizer:
     if isinstance(chat_template, list):  # several named templates: left to transformers
         raise _Unsupported("named chat templates")
     backend = Tokenizer.from_file(tokenizer_json)
-    names = {k: _token_name(config.get(f"{k}_token")) or None for k in ("eos", "bos", "pad", "sep", "cls")}
+    names = {
+        k: _token_name(config.get(f"{k}_token")) or None for k in ("eos", "bos", "pad", "sep", "cls")
+    }
     # megatron-core's wrapper: eos from sep (and bos from cls) where the tokenizer lacks it.
     names["eos"] = names["eos"] or names["sep"]
     names["bos"] = names["bos"] or names["cls"]
