@@ -383,6 +383,11 @@ def cached_corpus(
     return corpus
 
 
+def release_corpora() -> None:
+    """Drop the cached corpus (a run that loaded it is over; its rows may take gigabytes)."""
+    _CACHED.clear()
+
+
 def _stamp(path: str) -> Tuple[str, int, int]:
     st = os.stat(path)
     return path, st.st_size, st.st_mtime_ns

@@ -135,14 +135,19 @@ def run_preprocess(config: PreprocessConfig) -> PreprocessResult:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     out_dir = os.path.dirname(os.path.abspath(config.output_prefix))
     os.makedirs(out_dir, exist_ok=True)
-    if resolve_format(config.corpus) == "now":
-        # NOW's sources rows before the fork, so the workers share them instead of each loading
-        # them again; bad rows are counted again (from the cache) where the run plans its tasks.
-        now_corpus(config.corpus, BadRecords(config.on_bad_record))
-    with contextlib.ExitStack() as stack:
-        # Workers first, while this process is still small (see workers.py).
-        pool = stack.enter_context(WorkerPool(config.workers)) if config.workers > 0 else None
-        return _run(config, pool)
+    from megatron_meta.corpora.now import release_corpora
+
+    try:
+        if resolve_format(config.corpus) == "now":
+            # NOW's sources rows before the fork, so the workers share them instead of each
+            # loading them again; bad rows are counted (from the cache) where tasks are planned.
+            now_corpus(config.corpus, BadRecords(config.on_bad_record))
+        with contextlib.ExitStack() as stack:
+            # Workers first, while this process is still small (see workers.py).
+            pool = stack.enter_context(WorkerPool(config.workers)) if config.workers > 0 else None
+            return _run(config, pool)
+    finally:
+        release_corpora()
 
 
 def _run(config: PreprocessConfig, pool: Optional[WorkerPool]) -> PreprocessResult:

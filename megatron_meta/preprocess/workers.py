@@ -1,7 +1,8 @@
 """Worker processes: started first, configured later, results in submission order.
 
-The pool is forked at the very start of a run, before megatron-core (and torch) are imported by
-the tokenizer, so each worker is a small process that starts in milliseconds. Its configuration
+The pool is forked at the very start of a run, while the process is small (the tokenizer is
+loaded on its own library, without megatron-core or torch; NOW's sources rows are loaded just
+before, to be shared), so each worker starts in milliseconds. Its configuration
 (the checked batch encoder, whether the body is shared) is only known after the start-up checks;
 workers wait for it on a queue. Where forking is unsafe (the process already runs other threads,
 as inside a test session or a notebook) or unavailable, workers start from a fresh interpreter.
