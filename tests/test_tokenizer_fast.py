@@ -122,11 +122,14 @@ def test_unknown_special_token_is_left_to_megatron_core(toks, tmp_path):
 
 
 @pytest.mark.parametrize("name", ["sp_bpe", "tiktoken", "hf_llama3"])
-def test_preprocess_cli_imports_neither_megatron_core_nor_torch(toks, docs, tmp_path, name):
+def test_preprocess_cli_imports_neither_megatron_core_nor_torch_and_forks(toks, docs, tmp_path, name):
     data = write_jsonl(str(tmp_path / "docs.jsonl"), docs)
     script = (
         "import sys\n"
         "from megatron_meta.cli import main\n"
+        "import megatron_meta.preprocess.cli\n"  # numpy imported, as when the run starts
+        "from megatron_meta.preprocess.workers import start_method\n"
+        "print('START', start_method())\n"
         "rc = main(sys.argv[1:])\n"
         "heavy = [m for m in ('megatron.core', 'torch', 'transformers') if m in sys.modules]\n"
         "print('HEAVY', heavy)\n"
@@ -143,3 +146,5 @@ def test_preprocess_cli_imports_neither_megatron_core_nor_torch(toks, docs, tmp_
     )
     assert proc.returncode == 0, proc.stderr
     assert "HEAVY []" in proc.stdout, proc.stdout
+    # One thread when the pool starts (numpy's BLAS threads kept off): workers are forked.
+    assert "START fork" in proc.stdout, proc.stdout
