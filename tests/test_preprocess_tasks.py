@@ -273,6 +273,17 @@ def test_now_read_in_tasks_one_a_text_file_same_bytes_and_parts(toks, tmp_path):
     same_outputs(tmp_path / "ref", tmp_path / "merged", skipped=False)
 
 
+def test_now_bad_record_in_a_task_stops_the_run_with_its_location(toks, tmp_path):
+    from corpus_fixtures import make_now_folder
+
+    now = str(make_now_folder(tmp_path, extra_entries={"24-01-in.txt": ["@@999 no sources row"]}))
+    for workers in (0, 2):
+        out = tmp_path / f"e{workers}"
+        with pytest.raises(DataError, match=r"24-01-in.txt \(textID 999\): no row with this textID"):
+            run(out, [now], toks, workers=workers, on_bad_record="error")
+        assert not [n for n in os.listdir(out) if not n.startswith(".")]  # nothing half-written
+
+
 def test_now_workers_load_the_sources_rows_once_shared_after_fork(toks, tmp_path):
     """The main process loads NOW's sources rows before it forks its workers; a worker that was
     not forked (or a later run on changed files) loads them itself."""

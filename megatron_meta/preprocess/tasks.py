@@ -172,7 +172,9 @@ class JobRunner:
         """NOW, before the other passes: the ids of the task's documents as read (repeats and
         documents that cleaning would empty included), for :func:`seen_before`."""
         assert job.read is not None
-        bad = BadRecords(self.settings.on_bad_record, log_first=0)  # reported in the last pass
+        # Never raises: under --on-bad-record error the later passes stop at the first bad record
+        # in corpus order (this pass runs tasks out of order and skips cleaning).
+        bad = BadRecords("skip", log_first=0)
         ids = [doc.id for doc in read_task(self.settings.corpus, job.read, bad)]
         # NOW's ids are digits: int64 is 8 bytes an id in the pipe and in the main process.
         if all(i.isdigit() and len(i) < 19 and (i[0] != "0" or i == "0") for i in ids):
