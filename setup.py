@@ -12,7 +12,6 @@ HF = [
     "accelerate",
     "gguf",
     "peft>=0.21",
-    "lm-eval>=0.4.13",
 ]
 
 setup(
@@ -43,9 +42,12 @@ setup(
         "gpu": ["transformer-engine[pytorch]>=2.9.0a0,<2.12.0"],
         # Hugging Face interop, LoRA and the harness: versions tried together (FACTS section 4).
         "hf": HF,
+        # `evaluate lm-eval-task` run through EleutherAI's harness (its own scikit-learn, scipy,
+        # sacrebleu...): not needed by the demo, which scores MCQ itself.
+        "harness": HF + ["lm-eval>=0.4.13"],
         "wandb": ["wandb==0.31.0"],  # --wandb-project (Megatron-LM's flags)
         # datasets: tests write save_to_disk folders
-        "dev": ["pytest", "tiktoken", "datasets", "wandb==0.31.0"] + HF,
+        "dev": ["pytest", "tiktoken", "datasets", "wandb==0.31.0", "lm-eval>=0.4.13"] + HF,
     },
     entry_points={"console_scripts": ["megatron-meta=megatron_meta.cli:main"]},
 )

@@ -15,8 +15,13 @@ def run_harness(model_dir: str, task_dir: str, tasks: List[str], limit: Optional
     # The harness's datasets loader otherwise tries the network first (and fails slowly).
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import lm_eval
-    from lm_eval.tasks import TaskManager
+    try:
+        import lm_eval
+        from lm_eval.tasks import TaskManager
+    except ImportError as e:
+        from megatron_meta.errors import ConfigError
+
+        raise ConfigError(f"the harness is not installed ({e}): pip install -e '.[harness]'") from e
 
     out = lm_eval.simple_evaluate(
         model="hf", model_args=f"pretrained={model_dir},dtype=float32", tasks=tasks,
