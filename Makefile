@@ -49,5 +49,6 @@ bench-throughput: venv
 gpu-proof:
 	bash tools/gpu_proof.sh
 
+# What make created, no more: other runs under runs/ are the user's.
 clean:
-	rm -rf $(VENV) runs *.egg-info
+	rm -rf $(VENV) $(DEMO_DIR) *.egg-info

@@ -145,6 +145,21 @@ def test_the_mcq_benchmark_is_the_built_set_unless_a_file_is_given(tmp_path, mon
     assert mcq_benchmark(load_study(str(spec))) == (str(tmp_path / "paper.jsonl"), "stages.mcq.benchmark")
 
 
+def test_a_capped_mcq_set_spreads_its_answers_over_the_countries():
+    import collections
+    import random
+
+    from megatron_meta.evaluation.mcq.news import balanced_sample
+
+    countries = ["us"] * 60 + ["qa"] * 20 + ["cn"] * 15 + ["ie"] * 5  # a news corpus's skew
+    chosen = balanced_sample(countries, 30, random.Random(0))
+    assert chosen == sorted(set(chosen)) and len(chosen) == 30
+    counts = collections.Counter(countries[i] for i in chosen)
+    assert counts["ie"] == 5  # all it has
+    assert sorted(counts[c] for c in ("us", "qa", "cn")) == [8, 8, 9]  # the rest in turn
+    assert balanced_sample(countries, 30, random.Random(0)) == chosen  # seeded
+
+
 def test_make_mcq_builds_a_seeded_four_option_set_in_the_benchmark_format(tmp_path):
     from megatron_meta.evaluation.mcq.data import read_benchmark
 

@@ -4,7 +4,8 @@ The paper's benchmark (``qa_metacul.jsonl``) is published by its authors and is 
 bring; a demo or a test needs a set that any clone can build. One question per held-out test
 headline: in which country is the outlet that published it based? The right answer is the
 outlet's country (as the corpus maps it), the three distractors are other countries of the same
-held-out documents, and the option order is shuffled, all drawn with ``--seed``. The file is in
+held-out documents, and the option order is shuffled, all drawn with ``--seed``; a capped set
+(``--max-questions``) takes the countries in turn, so its answers are spread evenly. The file is in
 the benchmark's own JSONL format (question, options, correct_answer, distractors, country,
 continent, generated_by), so ``evaluate mcq``, ``evaluate lm-eval-task`` and the report read it
 as they read the paper's. The documents were excluded from every training shard.
@@ -41,7 +42,7 @@ def news_questions(manifest_path: str, max_questions: int | None = None,
                         "countries; four options need at least 4")
     rng = random.Random(seed)
     if max_questions is not None and max_questions < len(docs):
-        docs = [docs[i] for i in sorted(rng.sample(range(len(docs)), max_questions))]
+        docs = [docs[i] for i in balanced_sample([d.country for d in docs], max_questions, rng)]
     records = []
     for doc in docs:
         right = country_name(doc.country)
@@ -54,6 +55,27 @@ def news_questions(manifest_path: str, max_questions: int | None = None,
             "country": right, "continent": doc.continent.lower(), "generated_by": GENERATED_BY,
         })
     return records
+
+
+def balanced_sample(countries: List[str], n: int, rng: random.Random) -> List[int]:
+    """``n`` indices (in file order) taking the countries in turn, each country's documents in a
+    seeded order: a capped set whose answers are as even across countries as the documents allow
+    (drawn at random, a news corpus's largest country would be the answer to a third of the
+    questions, and a model biased towards that name would score above chance)."""
+    groups: Dict[str, List[int]] = {}
+    for i, c in enumerate(countries):
+        groups.setdefault(c, []).append(i)
+    queues = []
+    for c in sorted(groups):
+        members = groups[c][:]
+        rng.shuffle(members)
+        queues.append(members)
+    chosen: List[int] = []
+    while len(chosen) < n:
+        for q in queues:
+            if q and len(chosen) < n:
+                chosen.append(q.pop())
+    return sorted(chosen)
 
 
 def write_news_mcq(manifest_path: str, output: str, max_questions: int | None = None,
