@@ -95,29 +95,28 @@ def test_shard_contents_equal_megatron_core_loading(toks, docs, name):
             assert a.dtype == b.dtype and np.array_equal(a, b), (variant, field.name)
 
 
-def test_model_specific_hugging_face_class_is_loaded_by_megatron_core(toks, tmp_path):
-    folder = tmp_path / "gpt2-class"
+def _hf_folder(folder, tokenizer_json: str, config: dict) -> str:
     folder.mkdir()
-    (folder / "tokenizer.json").write_bytes(open(toks["hf_gpt2"], "rb").read())
-    (folder / "tokenizer_config.json").write_text(
-        json.dumps({"tokenizer_class": "GPT2Tokenizer", "eos_token": "<|endoftext|>"})
-    )
-    fast, why = load_fast_tokenizer("HuggingFaceTokenizer", str(folder))
+    (folder / "tokenizer.json").write_bytes(open(tokenizer_json, "rb").read())
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    return str(folder)
+
+
+def test_model_specific_hugging_face_class_is_loaded_by_megatron_core(toks, tmp_path):
+    folder = _hf_folder(tmp_path / "gpt2-class", toks["hf_gpt2"],
+                        {"tokenizer_class": "GPT2Tokenizer", "eos_token": "<|endoftext|>"})
+    fast, why = load_fast_tokenizer("HuggingFaceTokenizer", folder)
     assert fast is None and "model-specific" in why
-    tok = load_tokenizer_fast("HuggingFaceTokenizer", str(folder))
+    tok = load_tokenizer_fast("HuggingFaceTokenizer", folder)
     assert not isinstance(tok, LibraryTokenizer) and tok.library == "huggingface"
 
 
 def test_unknown_special_token_is_left_to_megatron_core(toks, tmp_path):
     # transformers would add a special token missing from tokenizer.json (and grow the
     # vocabulary); the library loader does not guess that.
-    folder = tmp_path / "added"
-    folder.mkdir()
-    (folder / "tokenizer.json").write_bytes(open(toks["hf_llama3"], "rb").read())
-    (folder / "tokenizer_config.json").write_text(
-        json.dumps({"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<new-bos>"})
-    )
-    fast, why = load_fast_tokenizer("HuggingFaceTokenizer", str(folder))
+    folder = _hf_folder(tmp_path / "added", toks["hf_llama3"],
+                        {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<new-bos>"})
+    fast, why = load_fast_tokenizer("HuggingFaceTokenizer", folder)
     assert fast is None and "<new-bos>" in why
 
 
