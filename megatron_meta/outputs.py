@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import shutil
 from typing import Callable, Iterable, Iterator, List, Optional, Sequence
@@ -142,6 +143,16 @@ def install_folder(tmp: str, output: str, owned: Callable[[str], bool]) -> None:
     if os.path.isdir(output):
         os.rmdir(output)
     os.replace(tmp, output)
+
+
+def write_json(path: str, obj: object, indent: Optional[int] = None) -> None:
+    """``obj`` as JSON under a temporary name, renamed when complete (a reader never sees half)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=indent)
+        f.write("\n")
+    os.replace(tmp, path)
 
 
 def _size(paths: Iterable[str]) -> int:

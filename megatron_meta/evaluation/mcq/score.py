@@ -199,13 +199,10 @@ def score_model(path: str, questions: Sequence[Question], config: McqConfig,
 
 def write_records(path: str, records: List[Dict], config: McqConfig) -> None:
     """Results JSON, written under a temporary name and renamed."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump({"format": RESULTS_FORMAT, "config": dataclasses.asdict(config),
-                   "records": records}, f)
-        f.write("\n")
-    os.replace(tmp, path)
+    from megatron_meta.outputs import write_json
+
+    write_json(path, {"format": RESULTS_FORMAT, "config": dataclasses.asdict(config),
+                      "records": records})
 
 
 def read_records(path: str) -> List[Dict]:

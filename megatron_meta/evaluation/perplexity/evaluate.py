@@ -33,6 +33,7 @@ import numpy as np
 
 from megatron_meta.corpora.records import Document, read_documents  # noqa: F401
 from megatron_meta.errors import DataError
+from megatron_meta.outputs import write_json
 from megatron_meta.tokenizer.documents import (  # noqa: F401  (the evaluation's interface)
     Codec,
     Encoded,
@@ -318,12 +319,7 @@ def write_results(path: str, results: List[RegionResult], config: PerplexityConf
         "config": dataclasses.asdict(config),
         "results": [dataclasses.asdict(r) for r in results],
     }
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(payload, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
+    write_json(path, payload, indent=2)
 
 
 def read_results(path: str) -> List[RegionResult]:
